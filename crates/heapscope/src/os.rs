@@ -1,0 +1,38 @@
+//! Memory for the profiler's own tables, taken straight from the kernel.
+//!
+//! Everything the allocator hook touches lives in anonymous mappings made here, never in memory
+//! from the global allocator: the hook would otherwise recurse into itself. Mappings are
+//! reserved with `MAP_NORESERVE`, so only the pages a table actually uses become resident.
+
+use std::ptr::NonNull;
+
+/// Maps `len` bytes of zeroed, readable and writable memory that the kernel commits page by page
+/// on first touch. Returns `None` when the address space cannot be had (an `ulimit -v`, or
+/// strict overcommit); callers then run without the table and count what they drop.
+pub(crate) fn map_zeroed(len: usize) -> Option<NonNull<u8>> {
+    // SAFETY: an anonymous private mapping with no address hint has no preconditions; the result
+    // is checked against MAP_FAILED before use.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return None;
+    }
+    NonNull::new(ptr.cast())
+}
+
+/// Returns a mapping made by [`map_zeroed`] to the kernel.
+///
+/// # Safety
+/// `ptr..ptr+len` must be a mapping from [`map_zeroed`] that nothing refers to any more.
+pub(crate) unsafe fn unmap(ptr: NonNull<u8>, len: usize) {
+    // SAFETY: guaranteed by the caller; munmap of a whole mapping we own cannot fail.
+    unsafe { libc::munmap(ptr.as_ptr().cast(), len) };
+}

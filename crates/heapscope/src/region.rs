@@ -1,0 +1,219 @@
+//! The sampled-block region: one reserved address range that holds every sampled allocation
+//! smaller than [`LARGE`].
+//!
+//! Its purpose is the free path. A free must learn whether its block was sampled, and most frees
+//! are of small blocks that were not. Because every small sampled block lives inside this one
+//! range, that question is a subtraction and a comparison against a constant, with no lock, no
+//! hash probe and no read of memory the profiler does not own ([`contains`]).
+//!
+//! The range is split into one span per power-of-two size class. A span hands out fixed-size
+//! slots: fresh ones from a bump counter, reused ones from a lock-free LIFO free list (a Treiber
+//! stack whose head carries a generation tag against ABA). Each slot has a metadata record in a
+//! parallel array, so a free finds what its allocation recorded by index arithmetic alone.
+//!
+//! Must never: allocate through the global allocator, block, or hand out a slot twice.
+
+use crate::os;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+/// Sampled blocks whose size or alignment reaches this go to the inner allocator instead and are
+/// tracked in [`crate::live`]. A power of two, so `size | align >= LARGE` tests both at once.
+pub(crate) const LARGE: usize = 128 << 10;
+const MIN_CLASS_SHIFT: u32 = 4; // 16 bytes
+const CLASS_COUNT: usize = 14; // 16 B ..= 128 KiB
+/// Address space reserved per size class. Only touched pages are ever resident.
+const SPAN: usize = 512 << 20;
+pub(crate) const REGION_LEN: usize = SPAN * CLASS_COUNT;
+/// The region's start before it exists: kernel space on every 64-bit Linux, so `contains` is
+/// false for any user pointer without a separate "initialised" check.
+const NO_REGION: usize = 0xFFFF_F000_0000_0000;
+
+static BASE: AtomicUsize = AtomicUsize::new(NO_REGION);
+
+/// What an allocation recorded about a sampled slot, read back when it is freed.
+#[repr(C)]
+pub(crate) struct SlotMeta {
+    /// Stack table id while in use; the next free slot (index + 1) while on the free list.
+    pub(crate) stack_or_next: AtomicU32,
+    pub(crate) size: AtomicU32,
+    pub(crate) weight_fx: AtomicU64,
+}
+
+struct Class {
+    /// Slots ever handed out from the bump counter.
+    bumped: AtomicU32,
+    /// Free-list head: generation tag in the high half, slot index + 1 in the low half.
+    free_head: AtomicU64,
+    meta: AtomicUsize,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY_CLASS: Class =
+    Class { bumped: AtomicU32::new(0), free_head: AtomicU64::new(0), meta: AtomicUsize::new(0) };
+static CLASSES: [Class; CLASS_COUNT] = [EMPTY_CLASS; CLASS_COUNT];
+
+/// True when `ptr` is a slot of the region: the free path's whole test for small blocks.
+#[inline(always)]
+pub(crate) fn contains(ptr: *mut u8) -> bool {
+    (ptr as usize).wrapping_sub(BASE.load(Ordering::Relaxed)) < REGION_LEN
+}
+
+fn class_of(size: usize, align: usize) -> Option<usize> {
+    let need = size.max(align).max(1 << MIN_CLASS_SHIFT).next_power_of_two();
+    let class = (need.trailing_zeros() - MIN_CLASS_SHIFT) as usize;
+    (class < CLASS_COUNT).then_some(class)
+}
+
+fn slot_size(class: usize) -> usize {
+    1 << (class as u32 + MIN_CLASS_SHIFT)
+}
+
+fn slots_per_class(class: usize) -> u32 {
+    (SPAN / slot_size(class)) as u32
+}
+
+/// Reserves the region and the metadata arrays. Called once by [`crate::tables::init`].
+/// Returns the bytes of address space reserved, or `None` if it could not be had.
+pub(crate) fn init() -> Option<usize> {
+    // Over-reserve so the base can be aligned to the largest slot: slots are then naturally
+    // aligned to their own size, which satisfies any alignment up to the class size.
+    let reserve = REGION_LEN + LARGE;
+    let raw = os::map_zeroed(reserve)?;
+    let base = (raw.as_ptr() as usize + LARGE - 1) & !(LARGE - 1);
+    let mut reserved = reserve;
+    for (class, c) in CLASSES.iter().enumerate() {
+        let len = slots_per_class(class) as usize * std::mem::size_of::<SlotMeta>();
+        let Some(meta) = os::map_zeroed(len) else {
+            // Without metadata for every class the region cannot serve; give it all back.
+            for (earlier, e) in CLASSES.iter().enumerate().take(class) {
+                let len = slots_per_class(earlier) as usize * std::mem::size_of::<SlotMeta>();
+                if let Some(p) = NonNull::new(e.meta.swap(0, Ordering::Relaxed) as *mut u8) {
+                    // SAFETY: mapped above by this function and not yet published.
+                    unsafe { os::unmap(p, len) };
+                }
+            }
+            // SAFETY: the reservation was never published.
+            unsafe { os::unmap(raw, reserve) };
+            return None;
+        };
+        c.meta.store(meta.as_ptr() as usize, Ordering::Relaxed);
+        reserved += len;
+    }
+    // Release: the metadata pointers above are visible to whoever sees the base.
+    BASE.store(base, Ordering::Release);
+    Some(reserved)
+}
+
+fn meta_ptr(class: usize, index: u32) -> &'static SlotMeta {
+    let base = CLASSES[class].meta.load(Ordering::Relaxed) as *const SlotMeta;
+    // SAFETY: `index < slots_per_class(class)` (callers derive it from a slot inside the span),
+    // and the array holds that many zero-initialised records (valid atomics) for the process's
+    // whole life: it is never unmapped once published.
+    unsafe { &*base.add(index as usize) }
+}
+
+/// A sampled slot: its address and the record to fill in.
+pub(crate) struct Slot {
+    pub(crate) ptr: NonNull<u8>,
+    pub(crate) meta: &'static SlotMeta,
+}
+
+/// Takes a slot that fits `size` bytes at `align`. `None` if the region was not reserved, the
+/// class is too large, or the class's span is used up; the caller then falls back to the inner
+/// allocator and counts a drop.
+pub(crate) fn alloc(size: usize, align: usize) -> Option<Slot> {
+    let base = BASE.load(Ordering::Acquire);
+    if base == NO_REGION {
+        return None;
+    }
+    let class = class_of(size, align)?;
+    let c = &CLASSES[class];
+    let index = pop_free(class).or_else(|| {
+        c.bumped
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < slots_per_class(class)).then_some(n + 1)
+            })
+            .ok()
+    })?;
+    let addr = base + class * SPAN + index as usize * slot_size(class);
+    Some(Slot { ptr: NonNull::new(addr as *mut u8)?, meta: meta_ptr(class, index) })
+}
+
+/// The metadata record of a slot of the region, and its class's slot size.
+pub(crate) fn slot_of(ptr: *mut u8) -> (&'static SlotMeta, usize) {
+    let offset = (ptr as usize).wrapping_sub(BASE.load(Ordering::Relaxed));
+    let class = offset / SPAN;
+    let index = ((offset % SPAN) / slot_size(class)) as u32;
+    (meta_ptr(class, index), slot_size(class))
+}
+
+/// Returns a slot to its class's free list.
+pub(crate) fn free(ptr: *mut u8) {
+    let offset = (ptr as usize).wrapping_sub(BASE.load(Ordering::Relaxed));
+    let class = offset / SPAN;
+    let index = ((offset % SPAN) / slot_size(class)) as u32;
+    let c = &CLASSES[class];
+    let meta = meta_ptr(class, index);
+    let mut head = c.free_head.load(Ordering::Relaxed);
+    loop {
+        meta.stack_or_next.store(head as u32, Ordering::Relaxed);
+        let next = ((head >> 32).wrapping_add(1) << 32) | (index as u64 + 1);
+        // Release: the link written above is visible to the thread that pops this slot.
+        match c.free_head.compare_exchange_weak(head, next, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(now) => head = now,
+        }
+    }
+}
+
+fn pop_free(class: usize) -> Option<u32> {
+    let c = &CLASSES[class];
+    let mut head = c.free_head.load(Ordering::Acquire);
+    loop {
+        let top = head as u32;
+        if top == 0 {
+            return None;
+        }
+        // The link may be stale if another thread pops and re-pushes `top` meanwhile; the tag in
+        // the head then differs and the exchange below fails, so a stale link is never installed.
+        let next = meta_ptr(class, top - 1).stack_or_next.load(Ordering::Relaxed);
+        let new = ((head >> 32).wrapping_add(1) << 32) | next as u64;
+        match c.free_head.compare_exchange_weak(head, new, Ordering::Acquire, Ordering::Acquire) {
+            Ok(_) => return Some(top - 1),
+            Err(now) => head = now,
+        }
+    }
+}
+
+/// Bytes of slots handed out and not yet returned, by class, for [`crate::Stats`].
+pub(crate) fn slots_ever_used_bytes() -> usize {
+    CLASSES
+        .iter()
+        .enumerate()
+        .map(|(class, c)| c.bumped.load(Ordering::Relaxed) as usize * slot_size(class))
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_cover_sizes_and_alignments() {
+        assert_eq!(class_of(1, 1), Some(0));
+        assert_eq!(class_of(16, 8), Some(0));
+        assert_eq!(class_of(17, 8), Some(1));
+        assert_eq!(class_of(24, 64), Some(2));
+        assert_eq!(class_of(LARGE, 8), Some(CLASS_COUNT - 1));
+        assert_eq!(class_of(LARGE + 1, 8), None);
+        assert_eq!(slot_size(CLASS_COUNT - 1), LARGE);
+    }
+
+    #[test]
+    fn pointers_outside_an_unreserved_region_are_never_inside() {
+        for p in [0usize, 8, 0x1000, 0x5555_5555_0000, 0x7fff_ffff_f000, usize::MAX] {
+            assert!(p.wrapping_sub(NO_REGION) >= REGION_LEN, "{p:#x}");
+        }
+    }
+}
