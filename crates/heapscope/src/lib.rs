@@ -44,12 +44,13 @@ mod unwind;
 pub use poisson::sample_weight;
 pub use pprof::DecodeError;
 pub use profile::{
-    heap_sample_types, is_plumbing, Function, HeapView, Line, Location, Mapping, NumLabel, Profile, Sample,
-    ValueType, PLUMBING_FRAMES,
+    heap_sample_types, is_plumbing, Function, HeapView, Line, Location, Mapping, NumLabel, Profile,
+    Sample, ValueType, PLUMBING_FRAMES,
 };
 pub use sampler::{sample_rate, set_sample_rate, Sampler};
 pub use snapshot::{snapshot, Snapshot, StackId, StackTotals};
 pub use tables::{stats, Stats, DEFAULT_SAMPLE_RATE};
+pub use unwind::{set_unwinder, unwinder, Unwinder};
 
 use std::io::{self, Write};
 
@@ -57,10 +58,12 @@ use std::io::{self, Write};
 /// `alloc_objects, alloc_space, inuse_objects, inuse_space`, opening on `inuse_space` (like
 /// Go's `pprof.WriteHeapProfile`).
 pub fn write_heap_profile(w: &mut impl Write) -> io::Result<()> {
-    Profile::heap(&snapshot(), HeapView::InUse).write_pprof(w)
+    let profile = Profile::heap(&snapshot(), HeapView::InUse);
+    sampler::without_sampling(|| profile.write_pprof(w))
 }
 
 /// The same data as [`write_heap_profile`], opening on `alloc_space` (Go's `allocs` profile).
 pub fn write_allocs_profile(w: &mut impl Write) -> io::Result<()> {
-    Profile::heap(&snapshot(), HeapView::Allocs).write_pprof(w)
+    let profile = Profile::heap(&snapshot(), HeapView::Allocs);
+    sampler::without_sampling(|| profile.write_pprof(w))
 }

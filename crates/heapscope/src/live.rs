@@ -1,29 +1,23 @@
 //! The large-sample table: sampled blocks of [`crate::region::LARGE`] bytes or more, which stay
 //! in the inner allocator, keyed by address.
 //!
-//! Only frees of large blocks probe it, and those are rare next to small frees and cost the
-//! inner allocator far more (often an `munmap`) than a probe. It is an open-addressing table
-//! of fixed capacity: an insert claims an empty or dead slot with a compare-and-swap, a removal
-//! marks its slot dead. Addresses in it are unique, since a block is inserted before its pointer
-//! is handed out and removed before it is given back.
+//! Only frees of large blocks look here, and those are rare next to small frees and cost the
+//! inner allocator far more (often an `munmap`) than a lookup. Each address may live in one of
+//! two buckets of eight slots, chosen by two hashes; a bucket's keys fill one cache line. A lookup
+//! reads both buckets whole, so it costs two cache lines whatever the table has been through:
+//! there are no probe chains and no tombstones to grow them. An insert claims a free slot with a
+//! compare-and-swap; a removal clears the key. Addresses in the table are unique, since a block is
+//! inserted before its pointer is handed out and removed before it is given back.
 //!
 //! Must never: allocate through the global allocator, block, or grow.
 
 use crate::os;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-const CAPACITY: usize = 1 << 16;
-const EMPTY: usize = 0;
-const DEAD: usize = 1;
-
-#[repr(C)]
-struct Entry {
-    addr: AtomicUsize,
-    stack: AtomicU32,
-    weight_fx: AtomicU64,
-}
-
-static TABLE: AtomicUsize = AtomicUsize::new(0);
+const BUCKET: usize = 8;
+const BUCKETS: usize = 1 << 13;
+const CAPACITY: usize = BUCKETS * BUCKET;
+const FREE: usize = 0;
 
 /// What a large sampled allocation recorded.
 pub(crate) struct LargeSample {
@@ -31,41 +25,74 @@ pub(crate) struct LargeSample {
     pub(crate) weight_fx: u64,
 }
 
-pub(crate) fn init() -> Option<usize> {
-    let len = CAPACITY * std::mem::size_of::<Entry>();
-    let table = os::map_zeroed(len)?;
-    TABLE.store(table.as_ptr() as usize, Ordering::Release);
-    Some(len)
+#[repr(C)]
+struct Meta {
+    stack: AtomicU32,
+    weight_fx: AtomicU64,
 }
 
-fn entries() -> Option<&'static [Entry]> {
-    let table = TABLE.load(Ordering::Acquire) as *const Entry;
-    if table.is_null() {
+static KEYS: AtomicUsize = AtomicUsize::new(0);
+static META: AtomicUsize = AtomicUsize::new(0);
+
+pub(crate) fn init() -> Option<usize> {
+    let keys_len = CAPACITY * std::mem::size_of::<AtomicUsize>();
+    let meta_len = CAPACITY * std::mem::size_of::<Meta>();
+    let keys = os::map_zeroed(keys_len)?;
+    let Some(meta) = os::map_zeroed(meta_len) else {
+        // SAFETY: mapped just above and never published.
+        unsafe { os::unmap(keys, keys_len) };
+        return None;
+    };
+    META.store(meta.as_ptr() as usize, Ordering::Relaxed);
+    // Release: whoever sees the keys sees the metadata array.
+    KEYS.store(keys.as_ptr() as usize, Ordering::Release);
+    Some(keys_len + meta_len)
+}
+
+struct Table {
+    keys: &'static [AtomicUsize],
+    meta: &'static [Meta],
+}
+
+fn table() -> Option<Table> {
+    let keys = KEYS.load(Ordering::Acquire) as *const AtomicUsize;
+    if keys.is_null() {
         return None;
     }
-    // SAFETY: the mapping holds CAPACITY zeroed entries (valid atomics), is never unmapped once
-    // published, and is only ever accessed through atomics.
-    Some(unsafe { std::slice::from_raw_parts(table, CAPACITY) })
+    let meta = META.load(Ordering::Relaxed) as *const Meta;
+    // SAFETY: both mappings hold CAPACITY zeroed records (valid atomics), are never unmapped once
+    // published, and are only accessed through atomics.
+    Some(unsafe {
+        Table {
+            keys: std::slice::from_raw_parts(keys, CAPACITY),
+            meta: std::slice::from_raw_parts(meta, CAPACITY),
+        }
+    })
 }
 
-fn home(addr: usize) -> usize {
-    // Blocks this large are at least page aligned in most allocators: mix the high bits down.
-    (addr as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) as usize >> (64 - CAPACITY.trailing_zeros())
+/// The first slot of each of the address's two buckets.
+fn buckets(addr: usize) -> [usize; 2] {
+    let h = (addr as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let b1 = (h >> 40) as usize % BUCKETS;
+    let b2 = (h >> 16) as usize % BUCKETS;
+    [b1 * BUCKET, b2 * BUCKET]
 }
 
-/// Records a sampled large block. False when the table is full or missing (a counted drop).
+/// Records a sampled large block. False when both its buckets are full or the table is missing
+/// (a counted drop).
 pub(crate) fn insert(addr: usize, stack: u32, weight_fx: u64) -> bool {
-    let Some(table) = entries() else { return false };
-    let start = home(addr);
-    for i in 0..CAPACITY {
-        let e = &table[(start + i) & (CAPACITY - 1)];
-        let cur = e.addr.load(Ordering::Relaxed);
-        if (cur == EMPTY || cur == DEAD)
-            && e.addr.compare_exchange(cur, addr, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-        {
-            e.stack.store(stack, Ordering::Relaxed);
-            e.weight_fx.store(weight_fx, Ordering::Relaxed);
-            return true;
+    let Some(t) = table() else { return false };
+    for first in buckets(addr) {
+        for i in first..first + BUCKET {
+            if t.keys[i].load(Ordering::Relaxed) == FREE
+                && t.keys[i]
+                    .compare_exchange(FREE, addr, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                t.meta[i].stack.store(stack, Ordering::Relaxed);
+                t.meta[i].weight_fx.store(weight_fx, Ordering::Relaxed);
+                return true;
+            }
         }
     }
     false
@@ -73,25 +100,46 @@ pub(crate) fn insert(addr: usize, stack: u32, weight_fx: u64) -> bool {
 
 /// Removes a block if it was sampled, returning what its allocation recorded.
 ///
-/// The block's owner publishes the pointer to the freeing thread, so the entry's fields, written
-/// before the pointer left the allocating thread, are visible here.
+/// The block's owner hands the pointer to the freeing thread, so the record, written before the
+/// pointer left the allocating thread, is visible here.
 pub(crate) fn remove(addr: usize) -> Option<LargeSample> {
-    let table = entries()?;
-    let start = home(addr);
-    for i in 0..CAPACITY {
-        let e = &table[(start + i) & (CAPACITY - 1)];
-        let cur = e.addr.load(Ordering::Relaxed);
-        if cur == EMPTY {
-            return None;
-        }
-        if cur == addr {
-            let sample = LargeSample {
-                stack: e.stack.load(Ordering::Relaxed),
-                weight_fx: e.weight_fx.load(Ordering::Relaxed),
-            };
-            e.addr.store(DEAD, Ordering::Relaxed);
-            return Some(sample);
+    let t = table()?;
+    for first in buckets(addr) {
+        for i in first..first + BUCKET {
+            if t.keys[i].load(Ordering::Relaxed) == addr {
+                let sample = LargeSample {
+                    stack: t.meta[i].stack.load(Ordering::Relaxed),
+                    weight_fx: t.meta[i].weight_fx.load(Ordering::Relaxed),
+                };
+                t.keys[i].store(FREE, Ordering::Relaxed);
+                return Some(sample);
+            }
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn churn_through_the_table_never_loses_or_invents_a_block() {
+        assert!(crate::tables::ready());
+        // Many more inserts than slots, as a long-running service makes: every removal finds
+        // exactly what was inserted, and addresses never inserted are never found.
+        let base = 0x7f00_0000_0000usize;
+        for round in 0..(4 * CAPACITY / 64) {
+            let addrs: Vec<usize> = (0..64).map(|i| base + ((round * 64 + i) << 17)).collect();
+            for (i, &a) in addrs.iter().enumerate() {
+                assert!(insert(a, i as u32, 7), "bucket full at round {round}");
+            }
+            assert!(remove(base - (1 << 17)).is_none());
+            for (i, &a) in addrs.iter().enumerate() {
+                let s = remove(a).expect("inserted block found");
+                assert_eq!((s.stack, s.weight_fx), (i as u32, 7));
+                assert!(remove(a).is_none(), "removed twice");
+            }
+        }
+    }
 }

@@ -23,7 +23,11 @@ pub(crate) struct Rng(u64);
 impl Rng {
     /// A generator from a seed; a zero seed is replaced, since xorshift never leaves zero.
     pub(crate) fn new(seed: u64) -> Self {
-        Rng(if seed == 0 { 0x9E37_79B9_7F4A_7C15 } else { seed })
+        Rng(if seed == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            seed
+        })
     }
 
     pub(crate) fn next_u64(&mut self) -> u64 {
@@ -108,7 +112,10 @@ mod tests {
         let fx = weight_fixed(1 << 20, 512 << 10);
         let bytes = weighted_bytes(1 << 20, fx);
         let exact = (1u64 << 20) as f64 * sample_weight(1 << 20, 512 << 10);
-        assert!((bytes as f64 - exact).abs() / exact < 1e-4, "{bytes} vs {exact}");
+        assert!(
+            (bytes as f64 - exact).abs() / exact < 1e-4,
+            "{bytes} vs {exact}"
+        );
     }
 
     #[test]
@@ -127,7 +134,9 @@ mod tests {
         let mut rng = Rng::new(42);
         let rate = 1000;
         let n = 200_000;
-        let over = (0..n).filter(|_| rng.next_sample_distance(rate) > 2 * rate).count();
+        let over = (0..n)
+            .filter(|_| rng.next_sample_distance(rate) > 2 * rate)
+            .count();
         let p = over as f64 / n as f64;
         assert!((p - (-2.0f64).exp()).abs() < 0.005, "{p}");
     }

@@ -169,7 +169,10 @@ impl Profile {
     /// The profile as `profile.proto` messages.
     pub fn to_proto(&self) -> proto::Profile {
         let mut s = Strings::new();
-        let vt = |v: &ValueType, s: &mut Strings| proto::ValueType { r#type: s.id(&v.r#type), unit: s.id(&v.unit) };
+        let vt = |v: &ValueType, s: &mut Strings| proto::ValueType {
+            r#type: s.id(&v.r#type),
+            unit: s.id(&v.unit),
+        };
         let sample_type = self.sample_types.iter().map(|v| vt(v, &mut s)).collect();
         let period_type = self.period_type.as_ref().map(|v| vt(v, &mut s));
         let sample = self
@@ -181,7 +184,12 @@ impl Profile {
                 label: x
                     .num_labels
                     .iter()
-                    .map(|l| proto::Label { key: s.id(&l.key), str: 0, num: l.value, num_unit: s.id(&l.unit) })
+                    .map(|l| proto::Label {
+                        key: s.id(&l.key),
+                        str: 0,
+                        num: l.value,
+                        num_unit: s.id(&l.unit),
+                    })
                     .collect(),
             })
             .collect();
@@ -208,7 +216,15 @@ impl Profile {
                 id: l.id,
                 mapping_id: l.mapping_id,
                 address: l.address,
-                line: l.lines.iter().map(|x| proto::Line { function_id: x.function_id, line: x.line, column: 0 }).collect(),
+                line: l
+                    .lines
+                    .iter()
+                    .map(|x| proto::Line {
+                        function_id: x.function_id,
+                        line: x.line,
+                        column: 0,
+                    })
+                    .collect(),
                 is_folded: false,
             })
             .collect();
@@ -256,7 +272,8 @@ impl Profile {
     /// The gzip-compressed `profile.proto` bytes.
     pub fn to_pprof_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        self.write_pprof(&mut out).expect("writing to a Vec cannot fail");
+        self.write_pprof(&mut out)
+            .expect("writing to a Vec cannot fail");
         out
     }
 
@@ -317,8 +334,19 @@ fn from_proto(p: &proto::Profile) -> Result<Profile, DecodeError> {
             .cloned()
             .ok_or_else(|| DecodeError(format!("string index {i} out of range")))
     };
-    let opt = |i: i64| -> Result<Option<String>, DecodeError> { if i == 0 { Ok(None) } else { s(i).map(Some) } };
-    let vt = |v: &proto::ValueType| -> Result<ValueType, DecodeError> { Ok(ValueType { r#type: s(v.r#type)?, unit: s(v.unit)? }) };
+    let opt = |i: i64| -> Result<Option<String>, DecodeError> {
+        if i == 0 {
+            Ok(None)
+        } else {
+            s(i).map(Some)
+        }
+    };
+    let vt = |v: &proto::ValueType| -> Result<ValueType, DecodeError> {
+        Ok(ValueType {
+            r#type: s(v.r#type)?,
+            unit: s(v.unit)?,
+        })
+    };
     let n_types = p.sample_type.len();
     let location_ids: std::collections::HashSet<u64> = p.location.iter().map(|l| l.id).collect();
     let function_ids: std::collections::HashSet<u64> = p.function.iter().map(|f| f.id).collect();
@@ -328,10 +356,15 @@ fn from_proto(p: &proto::Profile) -> Result<Profile, DecodeError> {
         .iter()
         .map(|x| {
             if x.value.len() != n_types {
-                return Err(DecodeError(format!("sample has {} values for {n_types} types", x.value.len())));
+                return Err(DecodeError(format!(
+                    "sample has {} values for {n_types} types",
+                    x.value.len()
+                )));
             }
             if let Some(bad) = x.location_id.iter().find(|id| !location_ids.contains(id)) {
-                return Err(DecodeError(format!("sample refers to unknown location {bad}")));
+                return Err(DecodeError(format!(
+                    "sample refers to unknown location {bad}"
+                )));
             }
             Ok(Sample {
                 location_ids: x.location_id.clone(),
@@ -340,7 +373,13 @@ fn from_proto(p: &proto::Profile) -> Result<Profile, DecodeError> {
                     .label
                     .iter()
                     .filter(|l| l.str == 0)
-                    .map(|l| Ok(NumLabel { key: s(l.key)?, value: l.num, unit: s(l.num_unit)? }))
+                    .map(|l| {
+                        Ok(NumLabel {
+                            key: s(l.key)?,
+                            value: l.num,
+                            unit: s(l.num_unit)?,
+                        })
+                    })
                     .collect::<Result<_, DecodeError>>()?,
             })
         })
@@ -350,16 +389,33 @@ fn from_proto(p: &proto::Profile) -> Result<Profile, DecodeError> {
         .iter()
         .map(|l| {
             if l.mapping_id != 0 && !mapping_ids.contains(&l.mapping_id) {
-                return Err(DecodeError(format!("location {} refers to unknown mapping {}", l.id, l.mapping_id)));
+                return Err(DecodeError(format!(
+                    "location {} refers to unknown mapping {}",
+                    l.id, l.mapping_id
+                )));
             }
-            if let Some(bad) = l.line.iter().find(|x| !function_ids.contains(&x.function_id)) {
-                return Err(DecodeError(format!("location {} refers to unknown function {}", l.id, bad.function_id)));
+            if let Some(bad) = l
+                .line
+                .iter()
+                .find(|x| !function_ids.contains(&x.function_id))
+            {
+                return Err(DecodeError(format!(
+                    "location {} refers to unknown function {}",
+                    l.id, bad.function_id
+                )));
             }
             Ok(Location {
                 id: l.id,
                 mapping_id: l.mapping_id,
                 address: l.address,
-                lines: l.line.iter().map(|x| Line { function_id: x.function_id, line: x.line }).collect(),
+                lines: l
+                    .line
+                    .iter()
+                    .map(|x| Line {
+                        function_id: x.function_id,
+                        line: x.line,
+                    })
+                    .collect(),
             })
         })
         .collect::<Result<_, _>>()?;
@@ -422,10 +478,39 @@ mod tests {
             duration_nanos: None,
             drop_frames: Some("x.*".into()),
             comments: vec![],
-            mappings: vec![Mapping { id: 1, memory_start: 0x1000, memory_limit: 0x2000, filename: "/bin/app".into(), has_functions: true, ..Default::default() }],
-            locations: vec![Location { id: 1, mapping_id: 1, address: 0x1234, lines: vec![Line { function_id: 1, line: 7 }] }],
-            functions: vec![Function { id: 1, name: "app::f".into(), system_name: "_ZN3app1f".into(), filename: "src/f.rs".into(), start_line: 0 }],
-            samples: vec![Sample { location_ids: vec![1], values: vec![1, 2, 3, 4], num_labels: vec![NumLabel { key: "bytes".into(), value: 64, unit: String::new() }] }],
+            mappings: vec![Mapping {
+                id: 1,
+                memory_start: 0x1000,
+                memory_limit: 0x2000,
+                filename: "/bin/app".into(),
+                has_functions: true,
+                ..Default::default()
+            }],
+            locations: vec![Location {
+                id: 1,
+                mapping_id: 1,
+                address: 0x1234,
+                lines: vec![Line {
+                    function_id: 1,
+                    line: 7,
+                }],
+            }],
+            functions: vec![Function {
+                id: 1,
+                name: "app::f".into(),
+                system_name: "_ZN3app1f".into(),
+                filename: "src/f.rs".into(),
+                start_line: 0,
+            }],
+            samples: vec![Sample {
+                location_ids: vec![1],
+                values: vec![1, 2, 3, 4],
+                num_labels: vec![NumLabel {
+                    key: "bytes".into(),
+                    value: 64,
+                    unit: String::new(),
+                }],
+            }],
         }
     }
 
@@ -434,7 +519,10 @@ mod tests {
         let p = tiny();
         let proto = p.to_proto();
         assert_eq!(proto.string_table[0], "");
-        assert_eq!(proto.string_table[proto.default_sample_type as usize], "alloc_space");
+        assert_eq!(
+            proto.string_table[proto.default_sample_type as usize],
+            "alloc_space"
+        );
         assert_eq!(Profile::from_pprof_bytes(&p.to_pprof_bytes()).unwrap(), p);
     }
 
@@ -451,7 +539,10 @@ mod tests {
         assert!(Profile::from_pprof_bytes(&good[..good.len() / 2]).is_err());
         let mut proto = tiny().to_proto();
         proto.sample[0].location_id = vec![99];
-        assert!(Profile::from_pprof_bytes(&proto.encode_to_vec()).unwrap_err().0.contains("unknown location"));
+        assert!(Profile::from_pprof_bytes(&proto.encode_to_vec())
+            .unwrap_err()
+            .0
+            .contains("unknown location"));
         let mut proto = tiny().to_proto();
         proto.function[0].name = 1000;
         assert!(Profile::from_pprof_bytes(&proto.encode_to_vec()).is_err());

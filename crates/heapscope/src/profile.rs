@@ -19,7 +19,10 @@ pub struct ValueType {
 
 impl ValueType {
     pub fn new(r#type: &str, unit: &str) -> ValueType {
-        ValueType { r#type: r#type.into(), unit: unit.into() }
+        ValueType {
+            r#type: r#type.into(),
+            unit: unit.into(),
+        }
     }
 }
 
@@ -115,7 +118,7 @@ pub enum HeapView {
 /// The regular expression (RE2, matched against whole function names) of the profiler's own
 /// frames and the allocator plumbing. Written into every heap profile as `drop_frames`.
 pub const PLUMBING_FRAMES: &str = concat!(
-    "(heapscope::.*|<heapscope::.*|__rust_.*|__rg_.*|__rdl_.*|",
+    "(heapscope::.*|<heapscope::.*|__rust_.*|__rg_.*|__rdl_.*|__rustc::.*|",
     "alloc::alloc::.*|<alloc::alloc::.*|alloc::raw_vec::.*|<alloc::raw_vec::.*|",
     "core::alloc::.*|std::alloc::.*|<std::alloc::.*|<.* as core::alloc::.*)"
 );
@@ -123,8 +126,9 @@ pub const PLUMBING_FRAMES: &str = concat!(
 /// Whether a function is part of the allocation path rather than the code that allocates.
 /// The same rule as [`PLUMBING_FRAMES`].
 pub fn is_plumbing(function: &str) -> bool {
-    const PREFIXES: [&str; 13] = [
+    const PREFIXES: [&str; 14] = [
         "heapscope::",
+        "__rustc::",
         "<heapscope::",
         "__rust_",
         "__rg_",
@@ -138,8 +142,8 @@ pub fn is_plumbing(function: &str) -> bool {
         "<std::alloc::",
         "<",
     ];
-    PREFIXES[..12].iter().any(|p| function.starts_with(p))
-        || (function.starts_with(PREFIXES[12]) && function.contains(" as core::alloc::"))
+    PREFIXES[..13].iter().any(|p| function.starts_with(p))
+        || (function.starts_with(PREFIXES[13]) && function.contains(" as core::alloc::"))
 }
 
 /// The four sample types of a heap profile, in the order Go writes them.
@@ -161,7 +165,10 @@ impl Profile {
     /// assert_eq!(profile.default_sample_type.as_deref(), Some("alloc_space"));
     /// ```
     pub fn heap(snapshot: &Snapshot, view: HeapView) -> Profile {
-        symbolize::with_symbolizer(|s| Profile::heap_with(snapshot, view, s))
+        // The profiler's own allocations here are not the user's heap: keep them out of it.
+        crate::sampler::without_sampling(|| {
+            symbolize::with_symbolizer(|s| Profile::heap_with(snapshot, view, s))
+        })
     }
 
     /// As [`Profile::heap`], with a given symbolizer.
@@ -172,7 +179,12 @@ impl Profile {
         let mut sample_bytes: Vec<(i64, i64)> = Vec::new();
         for (id, t) in &snapshot.stacks {
             let locations = b.stack(&id.frames());
-            let values = vec![t.alloc_objects(), t.alloc_space(), t.inuse_objects(), t.inuse_space()];
+            let values = vec![
+                t.alloc_objects(),
+                t.alloc_space(),
+                t.inuse_objects(),
+                t.inuse_space(),
+            ];
             if values.iter().all(|&v| v == 0) {
                 continue;
             }
@@ -187,7 +199,11 @@ impl Profile {
                 }
                 None => {
                     merged.insert(locations.clone(), samples.len());
-                    samples.push(Sample { location_ids: locations, values, num_labels: Vec::new() });
+                    samples.push(Sample {
+                        location_ids: locations,
+                        values,
+                        num_labels: Vec::new(),
+                    });
                     sample_bytes.push(raw);
                 }
             }
@@ -195,7 +211,11 @@ impl Profile {
         for (s, (count, bytes)) in samples.iter_mut().zip(sample_bytes) {
             // The typical object size at this stack, as Go labels heap samples.
             if count > 0 {
-                s.num_labels.push(NumLabel { key: "bytes".into(), value: bytes / count, unit: String::new() });
+                s.num_labels.push(NumLabel {
+                    key: "bytes".into(),
+                    value: bytes / count,
+                    unit: String::new(),
+                });
             }
         }
         let (mappings, locations, functions) = b.finish();
@@ -204,7 +224,11 @@ impl Profile {
             default_sample_type: (view == HeapView::Allocs).then(|| "alloc_space".to_string()),
             period_type: Some(ValueType::new("space", "bytes")),
             period: snapshot.sample_rate as i64,
-            time_nanos: snapshot.time.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0),
+            time_nanos: snapshot
+                .time
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as i64)
+                .unwrap_or(0),
             duration_nanos: snapshot.duration.map(|d| d.as_nanos() as i64),
             drop_frames: Some(PLUMBING_FRAMES.to_string()),
             comments: Vec::new(),
@@ -222,7 +246,9 @@ impl Profile {
 
     /// The sum of one sample type over all samples.
     pub fn total(&self, r#type: &str) -> i64 {
-        let Some(i) = self.sample_type_index(r#type) else { return 0 };
+        let Some(i) = self.sample_type_index(r#type) else {
+            return 0;
+        };
         self.samples.iter().map(|s| s.values[i]).sum()
     }
 
@@ -262,7 +288,11 @@ impl<'s> Builder<'s> {
         let has_main = symbolizer.mappings().next().is_some();
         Builder {
             symbolizer,
-            mapping_ids: if has_main { HashMap::from([(0, 1)]) } else { HashMap::new() },
+            mapping_ids: if has_main {
+                HashMap::from([(0, 1)])
+            } else {
+                HashMap::new()
+            },
             mapping_order: if has_main { vec![0] } else { Vec::new() },
             mapping_quality: HashMap::new(),
             locations: Vec::new(),
@@ -281,10 +311,15 @@ impl<'s> Builder<'s> {
             // The call instruction is just before the return address.
             let pc = ret.wrapping_sub(1);
             let frames = self.symbolizer.frames(pc);
-            let Some(mapping) = self.symbolizer.mapping_index(pc) else { continue };
+            let Some(mapping) = self.symbolizer.mapping_index(pc) else {
+                continue;
+            };
             let mut skip = 0;
             if trimming {
-                skip = frames.iter().take_while(|f| is_plumbing(&f.function)).count();
+                skip = frames
+                    .iter()
+                    .take_while(|f| is_plumbing(&f.function))
+                    .count();
                 if skip == frames.len() && !frames.is_empty() {
                     continue;
                 }
@@ -304,16 +339,27 @@ impl<'s> Builder<'s> {
             self.mapping_order.push(mapping);
             next_mapping
         });
-        let q = self.mapping_quality.entry(mapping_id).or_insert((true, true, true));
+        let q = self
+            .mapping_quality
+            .entry(mapping_id)
+            .or_insert((true, true, true));
         q.0 &= !frames.is_empty();
         q.1 &= !frames.is_empty() && frames.iter().all(|f| f.file.is_some());
         q.2 &= !frames.is_empty() && frames.iter().all(|f| f.line > 0);
         let lines = frames
             .iter()
-            .map(|f| Line { function_id: self.function(f), line: f.line as i64 })
+            .map(|f| Line {
+                function_id: self.function(f),
+                line: f.line as i64,
+            })
             .collect();
         let id = self.locations.len() as u64 + 1;
-        self.locations.push(Location { id, mapping_id, address: pc, lines });
+        self.locations.push(Location {
+            id,
+            mapping_id,
+            address: pc,
+            lines,
+        });
         self.location_ids.insert(pc, id);
         id
     }
@@ -347,7 +393,11 @@ impl<'s> Builder<'s> {
             .map(|&i| {
                 let m = &all[i];
                 let id = self.mapping_ids[&i];
-                let (funcs, files, lines) = self.mapping_quality.get(&id).copied().unwrap_or((true, true, true));
+                let (funcs, files, lines) = self
+                    .mapping_quality
+                    .get(&id)
+                    .copied()
+                    .unwrap_or((true, true, true));
                 Mapping {
                     id,
                     memory_start: m.start,
@@ -376,6 +426,7 @@ mod tests {
             "heapscope::sampler::Sampler<A>::alloc_sampled",
             "<heapscope::sampler::Sampler<std::alloc::System> as core::alloc::global::GlobalAlloc>::alloc",
             "__rust_alloc",
+            "__rustc::__rust_alloc",
             "__rdl_alloc",
             "alloc::alloc::exchange_malloc",
             "<alloc::alloc::Global as core::alloc::Allocator>::allocate",

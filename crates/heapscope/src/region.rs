@@ -49,8 +49,11 @@ struct Class {
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
-const EMPTY_CLASS: Class =
-    Class { bumped: AtomicU32::new(0), free_head: AtomicU64::new(0), meta: AtomicUsize::new(0) };
+const EMPTY_CLASS: Class = Class {
+    bumped: AtomicU32::new(0),
+    free_head: AtomicU64::new(0),
+    meta: AtomicUsize::new(0),
+};
 static CLASSES: [Class; CLASS_COUNT] = [EMPTY_CLASS; CLASS_COUNT];
 
 /// True when `ptr` is a slot of the region: the free path's whole test for small blocks.
@@ -60,7 +63,10 @@ pub(crate) fn contains(ptr: *mut u8) -> bool {
 }
 
 fn class_of(size: usize, align: usize) -> Option<usize> {
-    let need = size.max(align).max(1 << MIN_CLASS_SHIFT).next_power_of_two();
+    let need = size
+        .max(align)
+        .max(1 << MIN_CLASS_SHIFT)
+        .next_power_of_two();
     let class = (need.trailing_zeros() - MIN_CLASS_SHIFT) as usize;
     (class < CLASS_COUNT).then_some(class)
 }
@@ -137,7 +143,10 @@ pub(crate) fn alloc(size: usize, align: usize) -> Option<Slot> {
             .ok()
     })?;
     let addr = base + class * SPAN + index as usize * slot_size(class);
-    Some(Slot { ptr: NonNull::new(addr as *mut u8)?, meta: meta_ptr(class, index) })
+    Some(Slot {
+        ptr: NonNull::new(addr as *mut u8)?,
+        meta: meta_ptr(class, index),
+    })
 }
 
 /// The metadata record of a slot of the region, and its class's slot size.
@@ -160,7 +169,10 @@ pub(crate) fn free(ptr: *mut u8) {
         meta.stack_or_next.store(head as u32, Ordering::Relaxed);
         let next = ((head >> 32).wrapping_add(1) << 32) | (index as u64 + 1);
         // Release: the link written above is visible to the thread that pops this slot.
-        match c.free_head.compare_exchange_weak(head, next, Ordering::Release, Ordering::Relaxed) {
+        match c
+            .free_head
+            .compare_exchange_weak(head, next, Ordering::Release, Ordering::Relaxed)
+        {
             Ok(_) => return,
             Err(now) => head = now,
         }
@@ -177,9 +189,14 @@ fn pop_free(class: usize) -> Option<u32> {
         }
         // The link may be stale if another thread pops and re-pushes `top` meanwhile; the tag in
         // the head then differs and the exchange below fails, so a stale link is never installed.
-        let next = meta_ptr(class, top - 1).stack_or_next.load(Ordering::Relaxed);
+        let next = meta_ptr(class, top - 1)
+            .stack_or_next
+            .load(Ordering::Relaxed);
         let new = ((head >> 32).wrapping_add(1) << 32) | next as u64;
-        match c.free_head.compare_exchange_weak(head, new, Ordering::Acquire, Ordering::Acquire) {
+        match c
+            .free_head
+            .compare_exchange_weak(head, new, Ordering::Acquire, Ordering::Acquire)
+        {
             Ok(_) => return Some(top - 1),
             Err(now) => head = now,
         }
@@ -212,7 +229,14 @@ mod tests {
 
     #[test]
     fn pointers_outside_an_unreserved_region_are_never_inside() {
-        for p in [0usize, 8, 0x1000, 0x5555_5555_0000, 0x7fff_ffff_f000, usize::MAX] {
+        for p in [
+            0usize,
+            8,
+            0x1000,
+            0x5555_5555_0000,
+            0x7fff_ffff_f000,
+            usize::MAX,
+        ] {
             assert!(p.wrapping_sub(NO_REGION) >= REGION_LEN, "{p:#x}");
         }
     }

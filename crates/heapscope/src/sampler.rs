@@ -103,7 +103,10 @@ fn maybe_sampled(ptr: *mut u8, layout: Layout) -> bool {
 static SEEDS: AtomicU64 = AtomicU64::new(0);
 
 fn seed(t: &ThreadState) -> Rng {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes the timespec we own and nothing else.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     let mut rng = Rng::new(
@@ -129,10 +132,18 @@ fn next_countdown(rng: &mut Rng, rate: usize) -> i64 {
 #[inline(never)]
 fn decide(size: usize) -> Option<u64> {
     THREAD.with(|t| {
+        let rate = SAMPLE_RATE.load(Ordering::Relaxed);
         if t.in_hook.get() {
+            // Paused (or inside the hook): place the next sample point further on, so that the
+            // paused thread does not come through here on every allocation.
+            if t.rng.get() != 0 {
+                let mut rng = Rng::new(t.rng.get());
+                t.countdown
+                    .set(next_countdown(&mut rng, rate).max(OFF_RECHECK_BYTES));
+                t.rng.set(rng.next_u64() | 1);
+            }
             return None;
         }
-        let rate = SAMPLE_RATE.load(Ordering::Relaxed);
         let mut rng = if t.rng.get() == 0 {
             // First allocation on this thread: place its first sample point, then see whether
             // this allocation already reaches it.
@@ -169,8 +180,12 @@ impl Drop for InHook<'_> {
 fn record_alloc(stack: u32, size: usize, weight_fx: u64) {
     let t = stacks::totals(stack);
     t.alloc_objects_fx.fetch_add(weight_fx, Ordering::Relaxed);
-    t.alloc_space.fetch_add(poisson::weighted_bytes(size as u64, weight_fx), Ordering::Relaxed);
-    t.alloc_sample_bytes.fetch_add(size as u64, Ordering::Relaxed);
+    t.alloc_space.fetch_add(
+        poisson::weighted_bytes(size as u64, weight_fx),
+        Ordering::Relaxed,
+    );
+    t.alloc_sample_bytes
+        .fetch_add(size as u64, Ordering::Relaxed);
     // Release: a snapshot that sees this count also sees the stack's frames.
     t.alloc_samples.fetch_add(1, Ordering::Release);
 }
@@ -178,8 +193,12 @@ fn record_alloc(stack: u32, size: usize, weight_fx: u64) {
 fn record_free(stack: u32, size: usize, weight_fx: u64) {
     let t = stacks::totals(stack);
     t.free_objects_fx.fetch_add(weight_fx, Ordering::Relaxed);
-    t.free_space.fetch_add(poisson::weighted_bytes(size as u64, weight_fx), Ordering::Relaxed);
-    t.free_sample_bytes.fetch_add(size as u64, Ordering::Relaxed);
+    t.free_space.fetch_add(
+        poisson::weighted_bytes(size as u64, weight_fx),
+        Ordering::Relaxed,
+    );
+    t.free_sample_bytes
+        .fetch_add(size as u64, Ordering::Relaxed);
     t.free_samples.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -192,12 +211,20 @@ impl<A: GlobalAlloc> Sampler<A> {
     unsafe fn alloc_sampled(&self, layout: Layout, weight_fx: u64, zeroed: bool) -> *mut u8 {
         let plain = |this: &Self| {
             // SAFETY: forwarded from the caller's GlobalAlloc contract (non-zero size).
-            unsafe { if zeroed { this.inner.alloc_zeroed(layout) } else { this.inner.alloc(layout) } }
+            unsafe {
+                if zeroed {
+                    this.inner.alloc_zeroed(layout)
+                } else {
+                    this.inner.alloc(layout)
+                }
+            }
         };
         if !tables::ready() {
             count_drop(Loss::NoTables);
             return plain(self);
         }
+        let frame_marker = 0u8;
+        let frame_marker = std::hint::black_box(&frame_marker) as *const u8 as usize;
         THREAD.with(|t| {
             t.in_hook.set(true);
             let _guard = InHook(&t.in_hook);
@@ -207,7 +234,7 @@ impl<A: GlobalAlloc> Sampler<A> {
                 t.stack.set(bounds);
             }
             let mut frames = [0usize; MAX_DEPTH];
-            let (depth, truncated) = unwind::walk(bounds, &mut frames);
+            let (depth, truncated) = unwind::capture(bounds, &mut frames, frame_marker);
             if truncated {
                 TRUNCATED_STACKS.fetch_add(1, Ordering::Relaxed);
             }
@@ -363,7 +390,11 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Sampler<A> {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let sample_new = if countdown(new_size) { None } else { decide(new_size) };
+        let sample_new = if countdown(new_size) {
+            None
+        } else {
+            decide(new_size)
+        };
         if sample_new.is_none() && !maybe_sampled(ptr, layout) {
             // SAFETY: neither block is sampled: this is the inner allocator's realloc unchanged.
             return unsafe { self.inner.realloc(ptr, layout, new_size) };
@@ -371,6 +402,22 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Sampler<A> {
         // SAFETY: forwarded unchanged from our caller.
         unsafe { self.realloc_slow(ptr, layout, new_size, sample_new) }
     }
+}
+
+/// Runs `f` with sampling paused on this thread, so that the profiler's own work (symbolizing,
+/// encoding) does not show up in the profiles it writes.
+pub(crate) fn without_sampling<R>(f: impl FnOnce() -> R) -> R {
+    THREAD.with(|t| {
+        let was = t.in_hook.replace(true);
+        struct Restore<'a>(&'a Cell<bool>, bool);
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                self.0.set(self.1);
+            }
+        }
+        let _restore = Restore(&t.in_hook, was);
+        f()
+    })
 }
 
 /// Sets the mean number of bytes between samples, for every thread.
@@ -387,7 +434,11 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Sampler<A> {
 pub fn set_sample_rate(rate: usize) {
     SAMPLE_RATE.store(rate, Ordering::Relaxed);
     THREAD.with(|t| {
-        let mut rng = if t.rng.get() == 0 { seed(t) } else { Rng::new(t.rng.get()) };
+        let mut rng = if t.rng.get() == 0 {
+            seed(t)
+        } else {
+            Rng::new(t.rng.get())
+        };
         t.countdown.set(next_countdown(&mut rng, rate));
         t.rng.set(rng.next_u64() | 1);
     });

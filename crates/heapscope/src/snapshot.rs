@@ -85,9 +85,13 @@ impl StackTotals {
             free_objects_fx: self.free_objects_fx.saturating_sub(base.free_objects_fx),
             free_space: self.free_space.saturating_sub(base.free_space),
             alloc_samples: self.alloc_samples.saturating_sub(base.alloc_samples),
-            alloc_sample_bytes: self.alloc_sample_bytes.saturating_sub(base.alloc_sample_bytes),
+            alloc_sample_bytes: self
+                .alloc_sample_bytes
+                .saturating_sub(base.alloc_sample_bytes),
             free_samples: self.free_samples.saturating_sub(base.free_samples),
-            free_sample_bytes: self.free_sample_bytes.saturating_sub(base.free_sample_bytes),
+            free_sample_bytes: self
+                .free_sample_bytes
+                .saturating_sub(base.free_sample_bytes),
         }
     }
 }
@@ -209,8 +213,19 @@ mod tests {
 
     #[test]
     fn delta_subtracts_per_stack_and_keeps_new_stacks() {
-        let base = snap(10, vec![(1, totals(5, 1)), (2, totals(3, 3)), (4, totals(1, 0))]);
-        let now = snap(25, vec![(1, totals(9, 2)), (2, totals(3, 3)), (3, totals(2, 0)), (4, totals(1, 1))]);
+        let base = snap(
+            10,
+            vec![(1, totals(5, 1)), (2, totals(3, 3)), (4, totals(1, 0))],
+        );
+        let now = snap(
+            25,
+            vec![
+                (1, totals(9, 2)),
+                (2, totals(3, 3)),
+                (3, totals(2, 0)),
+                (4, totals(1, 1)),
+            ],
+        );
         let d = now.delta(&base);
         assert_eq!(d.duration, Some(Duration::from_secs(15)));
         let ids: Vec<u32> = d.stacks.iter().map(|(id, _)| id.0).collect();
@@ -218,7 +233,11 @@ mod tests {
         assert_eq!(d.stacks[0].1.alloc_objects(), 4);
         assert_eq!(d.stacks[0].1.inuse_objects(), 3);
         assert_eq!(d.stacks[1].1.inuse_space(), 200);
-        assert_eq!(d.stacks[2].1.inuse_space(), -100, "a free of an older block is negative");
+        assert_eq!(
+            d.stacks[2].1.inuse_space(),
+            -100,
+            "a free of an older block is negative"
+        );
         assert_eq!(d.inuse_space(), 300 + 200 - 100);
     }
 }

@@ -120,7 +120,10 @@ impl Table {
         let depth = e.depth.load(Ordering::Relaxed) as usize;
         let first = e.first_frame.load(Ordering::Relaxed);
         depth == frames.len()
-            && frames.iter().enumerate().all(|(i, &f)| self.frame(first + i as u32).load(Ordering::Relaxed) == f)
+            && frames
+                .iter()
+                .enumerate()
+                .all(|(i, &f)| self.frame(first + i as u32).load(Ordering::Relaxed) == f)
     }
 }
 
@@ -128,7 +131,9 @@ fn hash(frames: &[usize]) -> u64 {
     // FNV-style mixing with a multiply per frame: fast, and return addresses differ in low bits.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ frames.len() as u64;
     for &f in frames {
-        h = (h ^ f as u64).wrapping_mul(0x0000_0100_0000_01B3).rotate_left(29);
+        h = (h ^ f as u64)
+            .wrapping_mul(0x0000_0100_0000_01B3)
+            .rotate_left(29);
     }
     h.wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
@@ -182,7 +187,9 @@ pub(crate) fn intern(frames: &[usize]) -> Result<u32, InternError> {
 
 fn append(t: &Table, frames: &[usize]) -> Result<u32, InternError> {
     let id = NEXT_ENTRY
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| ((n as usize) < MAX_STACKS).then_some(n + 1))
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            ((n as usize) < MAX_STACKS).then_some(n + 1)
+        })
         .map_err(|_| InternError::Full)?;
     let depth = frames.len() as u32;
     let first = NEXT_FRAME

@@ -73,18 +73,30 @@ impl Symbolizer {
         let main_path = std::fs::read_link("/proc/self/exe")
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let mut s = Symbolizer { objects: Vec::new(), main_path, cache: HashMap::new() };
+        let mut s = Symbolizer {
+            objects: Vec::new(),
+            main_path,
+            cache: HashMap::new(),
+        };
         s.refresh();
         s
     }
 
     /// Reads the process's mappings again (after a `dlopen`, say), keeping objects already open.
     pub fn refresh(&mut self) {
-        let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return };
+        let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+            return;
+        };
         let mut objects = Vec::new();
         for line in maps.lines() {
-            let Some(m) = parse_maps_line(line) else { continue };
-            if let Some(i) = self.objects.iter().position(|o| o.mapping.start == m.start && o.mapping.path == m.path) {
+            let Some(m) = parse_maps_line(line) else {
+                continue;
+            };
+            if let Some(i) = self
+                .objects
+                .iter()
+                .position(|o| o.mapping.start == m.start && o.mapping.path == m.path)
+            {
                 objects.push(self.objects.swap_remove(i));
                 continue;
             }
@@ -103,7 +115,9 @@ impl Symbolizer {
 
     /// The index in [`Self::mappings`] of the mapping holding `addr`.
     pub fn mapping_index(&self, addr: u64) -> Option<usize> {
-        self.objects.iter().position(|o| o.mapping.start <= addr && addr < o.mapping.limit)
+        self.objects
+            .iter()
+            .position(|o| o.mapping.start <= addr && addr < o.mapping.limit)
     }
 
     /// The frames at a code address, innermost (leaf) first. For a return address, pass the
@@ -166,7 +180,9 @@ fn open_object(mut mapping: ObjectMapping) -> Object {
                 if let Ok(Some(id)) = obj.build_id() {
                     mapping.build_id = id.iter().map(|b| format!("{b:02x}")).collect();
                 }
-                mapping.has_debug_info = obj.section_by_name(".debug_line").is_some_and(|s| s.size() > 0);
+                mapping.has_debug_info = obj
+                    .section_by_name(".debug_line")
+                    .is_some_and(|s| s.size() > 0);
                 // The segment this mapping comes from fixes the file-to-memory offset.
                 // Only executable segments are considered: with lld's layout the read-only
                 // segment before the text can share the text mapping's first page.
@@ -174,9 +190,15 @@ fn open_object(mut mapping: ObjectMapping) -> Object {
                     let executable = matches!(seg.flags(), object::SegmentFlags::Elf { p_flags, .. } if p_flags.0 & object::elf::PF_X.0 != 0);
                     let (off, size) = seg.file_range();
                     let page_off = off & !0xfff;
-                    if executable && page_off <= mapping.file_offset && mapping.file_offset < off + size.max(1) {
+                    if executable
+                        && page_off <= mapping.file_offset
+                        && mapping.file_offset < off + size.max(1)
+                    {
                         // Within a segment, file offsets and addresses differ by a constant.
-                        let stated = seg.address().wrapping_add(mapping.file_offset).wrapping_sub(off);
+                        let stated = seg
+                            .address()
+                            .wrapping_add(mapping.file_offset)
+                            .wrapping_sub(off);
                         bias = mapping.start.wrapping_sub(stated);
                         break;
                     }
@@ -185,16 +207,24 @@ fn open_object(mut mapping: ObjectMapping) -> Object {
         }
     }
     let loader = addr2line::Loader::new(&path).ok();
-    Object { mapping, bias, loader }
+    Object {
+        mapping,
+        bias,
+        loader,
+    }
 }
 
 fn lookup(obj: &Object, addr: u64) -> Vec<Frame> {
-    let Some(loader) = &obj.loader else { return Vec::new() };
+    let Some(loader) = &obj.loader else {
+        return Vec::new();
+    };
     let probe = addr.wrapping_sub(obj.bias);
     let mut out = Vec::new();
     if let Ok(mut frames) = loader.find_frames(probe) {
         while let Ok(Some(frame)) = frames.next() {
-            let Some(func) = frame.function.as_ref() else { continue };
+            let Some(func) = frame.function.as_ref() else {
+                continue;
+            };
             let raw = func.raw_name().map(|n| n.into_owned()).unwrap_or_default();
             if raw.is_empty() {
                 continue;
@@ -203,12 +233,31 @@ fn lookup(obj: &Object, addr: u64) -> Vec<Frame> {
                 Some(loc) => (loc.file.map(Arc::from), loc.line.unwrap_or(0)),
                 None => (None, 0),
             };
-            out.push(Frame { function: demangle(&raw).into(), system_name: raw.into(), file, line });
+            out.push(Frame {
+                function: demangle(&raw).into(),
+                system_name: raw.into(),
+                file,
+                line,
+            });
         }
     }
-    if out.is_empty() {
-        if let Some(sym) = loader.find_symbol(probe) {
-            out.push(Frame { function: demangle(sym).into(), system_name: sym.into(), file: None, line: 0 });
+    // The symbol table names the function the address is really in with its full path, while
+    // DWARF built with line tables only knows short names ("insert" for "cache::Map::insert").
+    if let Some(sym) = loader.find_symbol(probe) {
+        match out.last_mut() {
+            Some(outer)
+                if !outer.function.contains("::") || outer.system_name == outer.function =>
+            {
+                outer.function = demangle(sym).into();
+                outer.system_name = sym.into();
+            }
+            Some(_) => {}
+            None => out.push(Frame {
+                function: demangle(sym).into(),
+                system_name: sym.into(),
+                file: None,
+                line: 0,
+            }),
         }
     }
     out
@@ -237,7 +286,9 @@ mod tests {
         let mut s = Symbolizer::new();
         let frames = s.frames(addr);
         assert!(
-            frames.iter().any(|f| f.function.ends_with("tests::a_function_with_a_known_name")),
+            frames
+                .iter()
+                .any(|f| f.function.ends_with("tests::a_function_with_a_known_name")),
             "{frames:?}"
         );
         let main = s.mappings().next().unwrap();
@@ -247,8 +298,14 @@ mod tests {
 
     #[test]
     fn parses_executable_file_mappings_only() {
-        let m = parse_maps_line("55d4c7a00000-55d4c7b23000 r-xp 00012000 fd:01 1234    /usr/bin/my app").unwrap();
-        assert_eq!((m.start, m.limit, m.file_offset), (0x55d4c7a00000, 0x55d4c7b23000, 0x12000));
+        let m = parse_maps_line(
+            "55d4c7a00000-55d4c7b23000 r-xp 00012000 fd:01 1234    /usr/bin/my app",
+        )
+        .unwrap();
+        assert_eq!(
+            (m.start, m.limit, m.file_offset),
+            (0x55d4c7a00000, 0x55d4c7b23000, 0x12000)
+        );
         assert_eq!(m.path, "/usr/bin/my app");
         assert!(parse_maps_line("7ffd-7ffe rw-p 00000000 00:00 0  [stack]").is_none());
         assert!(parse_maps_line("7ffd-7ffe r-xp 00000000 00:00 0  [vdso]").is_none());
@@ -256,7 +313,10 @@ mod tests {
 
     #[test]
     fn demangles_rust_symbols_without_hash() {
-        assert_eq!(demangle("_ZN4core3ptr13drop_in_place17h0123456789abcdefE"), "core::ptr::drop_in_place");
+        assert_eq!(
+            demangle("_ZN4core3ptr13drop_in_place17h0123456789abcdefE"),
+            "core::ptr::drop_in_place"
+        );
         assert_eq!(demangle("malloc"), "malloc");
     }
 }

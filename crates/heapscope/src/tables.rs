@@ -24,7 +24,10 @@ pub(crate) fn ready() -> bool {
     match STATE.load(Ordering::Acquire) {
         READY => true,
         UNINIT => {
-            if STATE.compare_exchange(UNINIT, BUSY, Ordering::Acquire, Ordering::Acquire).is_err() {
+            if STATE
+                .compare_exchange(UNINIT, BUSY, Ordering::Acquire, Ordering::Acquire)
+                .is_err()
+            {
                 return STATE.load(Ordering::Acquire) == READY;
             }
             let reserved = stacks::init().and_then(|s| Some(s + live::init()? + region::init()?));
@@ -50,7 +53,12 @@ pub(crate) enum Loss {
     LargeTableFull = 3,
 }
 
-static DROPS: [AtomicU64; 4] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+static DROPS: [AtomicU64; 4] = [
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+];
 pub(crate) static TRUNCATED_STACKS: AtomicU64 = AtomicU64::new(0);
 
 pub(crate) fn count_drop(why: Loss) {

@@ -9,7 +9,101 @@
 //! (a frame built without frame pointers, garbage in the register) ends the walk instead of
 //! reading outside the stack. The bounds come from `pthread_getattr_np` once per thread.
 //!
+//! Programs built without frame pointers can opt into a fallback, libgcc's DWARF unwinder through
+//! the `backtrace` crate (Cargo feature `backtrace-fallback`, then [`set_unwinder`]). It finds
+//! complete stacks without frame pointers, at a higher cost per sample and with libgcc's locks.
+//!
 //! Must never: read outside the current thread's stack, allocate, or panic.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// How the allocator hook walks the stack of a sampled allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Unwinder {
+    /// Follow frame pointers (the default): fast, lock-free, bounds-checked. Needs the program
+    /// built with `-C force-frame-pointers=yes`.
+    FramePointers,
+    /// libgcc's DWARF unwinder (`_Unwind_Backtrace`): works without frame pointers, but takes
+    /// locks inside the unwinder and costs several microseconds per sample. Needs the
+    /// `backtrace-fallback` feature.
+    Libgcc,
+}
+
+static UNWINDER: AtomicU8 = AtomicU8::new(0);
+
+/// Chooses the unwinder for samples taken from now on. Returns false (and changes nothing) if
+/// the choice is not compiled in.
+///
+/// ```
+/// use heapscope::Unwinder;
+/// assert_eq!(heapscope::unwinder(), Unwinder::FramePointers);
+/// let available = heapscope::set_unwinder(Unwinder::Libgcc);
+/// assert_eq!(available, cfg!(feature = "backtrace-fallback"));
+/// heapscope::set_unwinder(Unwinder::FramePointers);
+/// ```
+pub fn set_unwinder(unwinder: Unwinder) -> bool {
+    if unwinder == Unwinder::Libgcc && !cfg!(feature = "backtrace-fallback") {
+        return false;
+    }
+    UNWINDER.store(unwinder as u8, Ordering::Relaxed);
+    true
+}
+
+/// The unwinder in use.
+pub fn unwinder() -> Unwinder {
+    match UNWINDER.load(Ordering::Relaxed) {
+        0 => Unwinder::FramePointers,
+        _ => Unwinder::Libgcc,
+    }
+}
+
+/// Fills `out` with return addresses of the calling function's callers, leaf first, with the
+/// chosen unwinder. Returns how many, and whether the stack was deeper than `out`.
+///
+/// `caller_frame` is the address of a local variable of the function that captures: frames
+/// below it (the unwinder's own) are left out by unwinders that see them.
+#[inline(always)]
+pub(crate) fn capture(
+    bounds: StackBounds,
+    out: &mut [usize],
+    caller_frame: usize,
+) -> (usize, bool) {
+    #[cfg(feature = "backtrace-fallback")]
+    if UNWINDER.load(Ordering::Relaxed) != 0 {
+        return capture_libgcc(out, caller_frame);
+    }
+    let _ = caller_frame;
+    walk(bounds, out)
+}
+
+#[cfg(feature = "backtrace-fallback")]
+#[inline(never)]
+fn capture_libgcc(out: &mut [usize], caller_frame: usize) -> (usize, bool) {
+    let mut n = 0;
+    let mut truncated = false;
+    // SAFETY: trace_unsynchronized requires that no other thread calls into the `backtrace`
+    // crate's unsynchronized API at the same time in a way that races on its state; it has no
+    // state for plain tracing (libgcc's unwinder does its own locking), and the callback neither
+    // allocates nor panics.
+    unsafe {
+        backtrace::trace_unsynchronized(|frame| {
+            if n == out.len() {
+                truncated = true;
+                return false;
+            }
+            let ip = frame.ip() as usize;
+            // Frames at lower addresses than the capturing function's locals are its callees:
+            // this function, the `backtrace` crate, libgcc.
+            if ip != 0 && frame.sp() as usize > caller_frame {
+                out[n] = ip;
+                n += 1;
+            }
+            true
+        })
+    };
+    (n, truncated)
+}
 
 /// The current thread's stack, as `[low, high)`. Zero-sized if it could not be learned.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -39,7 +133,10 @@ impl StackBounds {
             if !ok || addr.is_null() {
                 return StackBounds::default();
             }
-            StackBounds { low: addr as usize, high: addr as usize + size }
+            StackBounds {
+                low: addr as usize,
+                high: addr as usize + size,
+            }
         }
     }
 }
@@ -76,7 +173,10 @@ pub(crate) fn walk(bounds: StackBounds, out: &mut [usize]) -> (usize, bool) {
     let mut n = 0;
     while n < out.len() {
         // A frame record is two words, 8- or 16-byte aligned, strictly inside the stack.
-        if fp < low || fp % std::mem::align_of::<usize>() != 0 || fp.saturating_add(16) > bounds.high {
+        if fp < low
+            || fp % std::mem::align_of::<usize>() != 0
+            || fp.saturating_add(16) > bounds.high
+        {
             return (n, false);
         }
         // SAFETY: fp..fp+16 was just checked to lie inside the current thread's stack, which is
@@ -108,20 +208,33 @@ mod tests {
 
     #[inline(never)]
     fn middle(out: &mut [usize]) -> usize {
-        std::hint::black_box(leaf(out)) + 0
+        let n = leaf(out);
+        std::hint::black_box(n)
     }
 
     #[test]
-    fn walk_reaches_the_callers_and_stays_inside_the_stack() {
+    fn walk_reaches_the_callers_in_order() {
         let mut out = [0usize; 64];
         let n = middle(&mut out);
-        // leaf -> middle -> this test -> the test harness: at least three return addresses.
         assert!(n >= 3, "only {n} frames");
-        let here = walk_reaches_the_callers_and_stays_inside_the_stack as usize;
-        // Return addresses point into code, never into the stack.
-        let b = StackBounds::current();
-        assert!(out[..n].iter().all(|&a| a < b.low || a >= b.high));
-        assert!(here != 0);
+        // The first return address is into leaf's caller, the next into its caller.
+        let mut s = crate::symbolize::Symbolizer::new();
+        let name = |a: usize, s: &mut crate::symbolize::Symbolizer| {
+            s.frames(a as u64 - 1)
+                .last()
+                .map(|f| f.function.to_string())
+                .unwrap_or_default()
+        };
+        assert!(
+            name(out[0], &mut s).ends_with("tests::middle"),
+            "{}",
+            name(out[0], &mut s)
+        );
+        assert!(
+            name(out[1], &mut s).ends_with("tests::walk_reaches_the_callers_in_order"),
+            "{}",
+            name(out[1], &mut s)
+        );
     }
 
     #[test]
