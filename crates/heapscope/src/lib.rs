@@ -28,6 +28,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod legacy;
 mod live;
 mod os;
 mod poisson;
@@ -41,6 +42,7 @@ pub mod symbolize;
 mod tables;
 mod unwind;
 
+pub use legacy::write_legacy_heap_text;
 pub use poisson::sample_weight;
 pub use pprof::DecodeError;
 pub use profile::{

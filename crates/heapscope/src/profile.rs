@@ -178,7 +178,7 @@ impl Profile {
         let mut samples: Vec<Sample> = Vec::new();
         let mut sample_bytes: Vec<(i64, i64)> = Vec::new();
         for (id, t) in &snapshot.stacks {
-            let locations = b.stack(&id.frames());
+            let locations = b.stack(&id.frames(), true);
             let values = vec![
                 t.alloc_objects(),
                 t.alloc_space(),
@@ -188,25 +188,12 @@ impl Profile {
             if values.iter().all(|&v| v == 0) {
                 continue;
             }
-            let raw = (t.alloc_samples as i64, t.alloc_sample_bytes as i64);
-            match merged.get(&locations) {
-                Some(&i) => {
-                    for (acc, v) in samples[i].values.iter_mut().zip(&values) {
-                        *acc += v;
-                    }
-                    sample_bytes[i].0 += raw.0;
-                    sample_bytes[i].1 += raw.1;
-                }
-                None => {
-                    merged.insert(locations.clone(), samples.len());
-                    samples.push(Sample {
-                        location_ids: locations,
-                        values,
-                        num_labels: Vec::new(),
-                    });
-                    sample_bytes.push(raw);
-                }
+            let i = add_sample(&mut merged, &mut samples, locations, values);
+            if i == sample_bytes.len() {
+                sample_bytes.push((0, 0));
             }
+            sample_bytes[i].0 += t.alloc_samples as i64;
+            sample_bytes[i].1 += t.alloc_sample_bytes as i64;
         }
         for (s, (count, bytes)) in samples.iter_mut().zip(sample_bytes) {
             // The typical object size at this stack, as Go labels heap samples.
@@ -239,6 +226,63 @@ impl Profile {
         }
     }
 
+    /// A profile of any samples over stacks of code addresses (leaf first), symbolized
+    /// in-process. Nothing is trimmed; stacks that are equal are merged. CPU profiles are built
+    /// this way.
+    ///
+    /// ```
+    /// use heapscope::{Profile, ValueType};
+    /// let here = heapscope::sample_weight as fn(u64, u64) -> f64 as usize as u64;
+    /// let p = Profile::from_stacks(
+    ///     vec![ValueType::new("samples", "count")],
+    ///     ValueType::new("cpu", "nanoseconds"),
+    ///     10_000_000,
+    ///     std::time::SystemTime::now(),
+    ///     None,
+    ///     vec![(vec![here + 1], vec![3]), (vec![here + 1], vec![2])],
+    /// );
+    /// assert_eq!(p.samples.len(), 1);
+    /// assert_eq!(p.total("samples"), 5);
+    /// ```
+    pub fn from_stacks(
+        sample_types: Vec<ValueType>,
+        period_type: ValueType,
+        period: i64,
+        time: std::time::SystemTime,
+        duration: Option<std::time::Duration>,
+        stacks: impl IntoIterator<Item = (Vec<u64>, Vec<i64>)>,
+    ) -> Profile {
+        crate::sampler::without_sampling(|| {
+            symbolize::with_symbolizer(|s| {
+                let mut b = Builder::new(s);
+                let mut merged: HashMap<Vec<u64>, usize> = HashMap::new();
+                let mut samples: Vec<Sample> = Vec::new();
+                for (addresses, values) in stacks {
+                    let locations = b.stack(&addresses, false);
+                    add_sample(&mut merged, &mut samples, locations, values);
+                }
+                let (mappings, locations, functions) = b.finish();
+                Profile {
+                    sample_types,
+                    default_sample_type: None,
+                    period_type: Some(period_type),
+                    period,
+                    time_nanos: time
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_nanos() as i64)
+                        .unwrap_or(0),
+                    duration_nanos: duration.map(|d| d.as_nanos() as i64),
+                    drop_frames: None,
+                    comments: Vec::new(),
+                    mappings,
+                    locations,
+                    functions,
+                    samples,
+                }
+            })
+        })
+    }
+
     /// The index of a sample type by name, e.g. `"inuse_space"`.
     pub fn sample_type_index(&self, r#type: &str) -> Option<usize> {
         self.sample_types.iter().position(|t| t.r#type == r#type)
@@ -264,6 +308,29 @@ impl Profile {
             .filter_map(|line| funcs.get(&line.function_id).map(|f| f.name.as_str()))
             .collect()
     }
+}
+
+/// Adds `values` to the sample with these locations, creating it if it is new (stacks that are
+/// equal after trimming become one sample). Returns the sample's index.
+fn add_sample(
+    merged: &mut HashMap<Vec<u64>, usize>,
+    samples: &mut Vec<Sample>,
+    locations: Vec<u64>,
+    values: Vec<i64>,
+) -> usize {
+    if let Some(&i) = merged.get(&locations) {
+        for (acc, v) in samples[i].values.iter_mut().zip(&values) {
+            *acc += v;
+        }
+        return i;
+    }
+    merged.insert(locations.clone(), samples.len());
+    samples.push(Sample {
+        location_ids: locations,
+        values,
+        num_labels: Vec::new(),
+    });
+    samples.len() - 1
 }
 
 /// Assigns ids to mappings, locations and functions as stacks are added.
@@ -303,10 +370,10 @@ impl<'s> Builder<'s> {
     }
 
     /// Location ids for a stack of return addresses (leaf first), with the plumbing trimmed
-    /// from the leaf end.
-    fn stack(&mut self, return_addresses: &[u64]) -> Vec<u64> {
+    /// from the leaf end if `trim`.
+    fn stack(&mut self, return_addresses: &[u64], trim: bool) -> Vec<u64> {
         let mut out = Vec::with_capacity(return_addresses.len());
-        let mut trimming = true;
+        let mut trimming = trim;
         for &ret in return_addresses {
             // The call instruction is just before the return address.
             let pc = ret.wrapping_sub(1);

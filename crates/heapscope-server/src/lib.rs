@@ -1,0 +1,234 @@
+//! heapscope-server: the `/debug/pprof` endpoints of Go's `net/http/pprof`, for a Rust process
+//! profiled by [`heapscope`].
+//!
+//! Mount them in an axum service, or run them on a thread of their own:
+//!
+//! ```no_run
+//! use axum::{routing::get, Router};
+//!
+//! # async fn root() -> &'static str { "hello" }
+//! // in an axum service: next to its own routes
+//! let app: Router = Router::new().route("/", get(root)).merge(heapscope_server::router());
+//!
+//! // in any other program: a standalone server on its own thread
+//! let server = heapscope_server::spawn("127.0.0.1:6060")?;
+//! println!("profiles at http://{}/debug/pprof/", server.local_addr());
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! `go tool pprof http://127.0.0.1:6060/debug/pprof/heap` then works as it does against a Go
+//! service, and so do Parca and Grafana Alloy scraping `/debug/pprof/allocs`.
+//!
+//! The endpoints expose what the process allocates and runs: bind to loopback, or set a bearer
+//! token with [`Options::bearer_token`] (and TLS in front) before exposing them further.
+
+mod cpu;
+mod endpoints;
+mod error;
+mod query;
+
+pub use error::ProfileError;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// The largest `seconds` a request may ask for, by default (as Go allows up to the server's
+/// write timeout).
+pub const DEFAULT_MAX_SECONDS: u64 = 300;
+/// Delta heap profiles that may wait at once, by default.
+pub const DEFAULT_MAX_WAITING: usize = 8;
+const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Settings shared by the handlers.
+pub(crate) struct Settings {
+    pub(crate) max_seconds: Duration,
+    pub(crate) waits: Arc<Semaphore>,
+    bearer_token: Option<String>,
+}
+
+/// How the endpoints are served: limits and access control.
+///
+/// ```
+/// let app = heapscope_server::Options::new()
+///     .bearer_token("s3cret")
+///     .max_seconds(60)
+///     .router();
+/// # let _: axum::Router = app;
+/// ```
+#[derive(Clone, Debug)]
+pub struct Options {
+    max_seconds: u64,
+    max_waiting: usize,
+    bearer_token: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            max_seconds: DEFAULT_MAX_SECONDS,
+            max_waiting: DEFAULT_MAX_WAITING,
+            bearer_token: None,
+        }
+    }
+}
+
+impl Options {
+    pub fn new() -> Options {
+        Options::default()
+    }
+
+    /// Requests must carry `Authorization: Bearer <token>`; others get `401`.
+    pub fn bearer_token(mut self, token: impl Into<String>) -> Options {
+        self.bearer_token = Some(token.into());
+        self
+    }
+
+    /// The largest `seconds` accepted (larger ones get `400`). Default 300.
+    pub fn max_seconds(mut self, seconds: u64) -> Options {
+        self.max_seconds = seconds.max(1);
+        self
+    }
+
+    /// How many delta heap profiles may wait at once (more get `429`). Default 8.
+    pub fn max_waiting(mut self, n: usize) -> Options {
+        self.max_waiting = n.max(1);
+        self
+    }
+
+    /// The endpoints, under `/debug/pprof/`, to merge into an application's router or wrap in
+    /// any tower layer.
+    pub fn router(self) -> Router {
+        let settings = Arc::new(Settings {
+            max_seconds: Duration::from_secs(self.max_seconds),
+            waits: Arc::new(Semaphore::new(self.max_waiting)),
+            bearer_token: self.bearer_token,
+        });
+        Router::new()
+            .route("/debug/pprof/", get(endpoints::index))
+            .route("/debug/pprof/heap", get(endpoints::heap))
+            .route("/debug/pprof/allocs", get(endpoints::allocs))
+            .route("/debug/pprof/profile", get(cpu::profile))
+            .route(
+                "/debug/pprof/symbol",
+                get(endpoints::symbol).post(endpoints::symbol),
+            )
+            .route("/debug/pprof/cmdline", get(endpoints::cmdline))
+            .route("/debug/pprof/{*name}", get(endpoints::unknown_profile))
+            .method_not_allowed_fallback(endpoints::method_not_allowed)
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .layer(middleware::from_fn_with_state(settings.clone(), authorize))
+            .with_state(settings)
+    }
+
+    /// Serves the endpoints on a thread of its own, with its own small runtime, so that any
+    /// program (async or not) can use them. Binds where it is told; use loopback unless the
+    /// endpoints are protected.
+    pub fn spawn(self, addr: impl ToSocketAddrs) -> std::io::Result<Server> {
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        let local_addr = listener.local_addr()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(2)
+            .thread_name("heapscope-server")
+            .enable_all()
+            .build()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = self.router();
+        let thread = std::thread::Builder::new()
+            .name("heapscope-server".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                        return;
+                    };
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(async {
+                            let _ = stopped.await;
+                        })
+                        .await;
+                });
+            })?;
+        Ok(Server {
+            local_addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+/// The `/debug/pprof/` endpoints with default options.
+pub fn router() -> Router {
+    Options::default().router()
+}
+
+/// Serves the endpoints on a thread of its own at `addr` (`"127.0.0.1:0"` picks a free port).
+pub fn spawn(addr: impl ToSocketAddrs) -> std::io::Result<Server> {
+    Options::default().spawn(addr)
+}
+
+/// A standalone server started by [`spawn`]. Dropping it stops the server.
+pub struct Server {
+    local_addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Where the server listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting connections and waits for the server thread to end.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+async fn authorize(State(s): State<Arc<Settings>>, request: Request, next: Next) -> Response {
+    let Some(token) = &s.bearer_token else {
+        return next.run(request).await;
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+        return next.run(request).await;
+    }
+    let mut r = ProfileError::new(StatusCode::UNAUTHORIZED, "a valid bearer token is required")
+        .into_response();
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

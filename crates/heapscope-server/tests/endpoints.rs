@@ -1,0 +1,475 @@
+//! The endpoints on a real server (127.0.0.1:0), read by the real `go tool pprof` and checked
+//! byte for byte where tools depend on them.
+
+use heapscope::Profile;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+#[global_allocator]
+static GLOBAL: heapscope::Sampler<std::alloc::System> = heapscope::Sampler::new(std::alloc::System);
+
+/// One server for the whole test binary, with something on the heap at a known call site.
+fn server() -> SocketAddr {
+    static SERVER: OnceLock<(heapscope_server::Server, Vec<Vec<u8>>)> = OnceLock::new();
+    SERVER
+        .get_or_init(|| {
+            heapscope::set_sample_rate(64 * 1024);
+            let kept = held_by_the_endpoint_test();
+            (
+                heapscope_server::Options::new()
+                    .max_seconds(60)
+                    .spawn("127.0.0.1:0")
+                    .unwrap(),
+                kept,
+            )
+        })
+        .0
+        .local_addr()
+}
+
+/// Allocates in its own body (no tail call into `collect`), so that its frame is on the stack
+/// and is the function its allocation addresses lie in.
+#[inline(never)]
+fn held_by_the_endpoint_test() -> Vec<Vec<u8>> {
+    let mut kept = Vec::with_capacity(64);
+    for i in 0..64 {
+        kept.push(vec![i as u8; 256 << 10]);
+    }
+    std::hint::black_box(&mut kept);
+    kept
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A minimal HTTP/1.1 client: one request, `Connection: close`, body by length or to EOF.
+fn request(method: &str, path: &str, body: &[u8]) -> Reply {
+    let mut s = TcpStream::connect(server()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a header block");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16)
+                .unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[line_end + 2..line_end + 2 + size]);
+        data = &data[line_end + 4 + size..];
+    }
+}
+
+fn go_pprof(args: &[&str]) -> (String, String) {
+    let out = Command::new("go")
+        .args(["tool", "pprof"])
+        .args(args)
+        .env("PPROF_TMPDIR", env!("CARGO_TARGET_TMPDIR"))
+        .output()
+        .expect("`go` not found: the README's test command installs golang-go");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        out.status.success(),
+        "go tool pprof {args:?} failed:\n{stderr}\n{stdout}"
+    );
+    let lower = stderr.to_lowercase();
+    assert!(
+        !lower.contains("symboliz") && !lower.contains("warning"),
+        "pprof complained:\n{stderr}"
+    );
+    (stdout, stderr)
+}
+
+fn url(path: &str) -> String {
+    format!("http://{}{path}", server())
+}
+
+#[test]
+fn heap_and_allocs_open_on_inuse_and_alloc_space_in_go_tool_pprof() {
+    let (top, _) = go_pprof(&["-top", &url("/debug/pprof/heap")]);
+    assert!(top.contains("Type: inuse_space"), "{top}");
+    assert!(
+        top.contains("endpoints::held_by_the_endpoint_test"),
+        "{top}"
+    );
+    let (top, _) = go_pprof(&["-top", &url("/debug/pprof/allocs")]);
+    assert!(top.contains("Type: alloc_space"), "{top}");
+}
+
+#[test]
+fn profiles_are_sent_as_go_sends_them() {
+    for (path, file) in [
+        ("/debug/pprof/heap", "heap"),
+        ("/debug/pprof/allocs", "allocs"),
+        ("/debug/pprof/heap?gc=1", "heap"),
+    ] {
+        let r = request("GET", path, b"");
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+        assert_eq!(
+            r.header("content-disposition"),
+            Some(format!("attachment; filename=\"{file}\"").as_str())
+        );
+        assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+        let p = Profile::from_pprof_bytes(&r.body).expect("a valid profile");
+        assert_eq!(p.duration_nanos, None, "only deltas carry a duration");
+        assert!(p.time_nanos > 0);
+    }
+}
+
+#[inline(never)]
+fn allocated_during_the_delta() -> Vec<Vec<u8>> {
+    (0..32).map(|i| vec![i as u8; 512 << 10]).collect()
+}
+
+#[test]
+fn seconds_gives_a_delta_with_what_happened_in_between() {
+    let during = std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_millis(500));
+        allocated_during_the_delta()
+    });
+    let r = request("GET", "/debug/pprof/heap?seconds=2", b"");
+    let kept = during.join().unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-disposition"),
+        Some("attachment; filename=\"heap-delta\"")
+    );
+    let p = Profile::from_pprof_bytes(&r.body).unwrap();
+    let duration = p.duration_nanos.expect("a delta has a duration");
+    assert!(
+        (1_900_000_000..5_000_000_000).contains(&duration),
+        "{duration}"
+    );
+    let names: Vec<Vec<&str>> = p.samples.iter().map(|s| p.stack_names(s)).collect();
+    assert!(
+        names
+            .iter()
+            .any(|n| n.iter().any(|f| f.contains("allocated_during_the_delta"))),
+        "new allocations in the delta"
+    );
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.iter().any(|f| f.contains("held_by_the_endpoint_test"))),
+        "older allocations are not"
+    );
+    drop(kept);
+
+    let (top, _) = go_pprof(&["-top", "-seconds", "2", &url("/debug/pprof/heap")]);
+    assert!(top.contains("Type: inuse_space"), "{top}");
+}
+
+#[test]
+fn diff_base_between_two_snapshots() {
+    let dir = env!("CARGO_TARGET_TMPDIR");
+    let base = format!("{dir}/diff-base.pb.gz");
+    let now = format!("{dir}/diff-now.pb.gz");
+    std::fs::write(&base, request("GET", "/debug/pprof/heap", b"").body).unwrap();
+    let grown = grown_between_snapshots();
+    std::fs::write(&now, request("GET", "/debug/pprof/heap", b"").body).unwrap();
+    let (top, _) = go_pprof(&["-top", "-diff_base", &base, &now]);
+    let line = top
+        .lines()
+        .find(|l| l.contains("grown_between_snapshots"))
+        .unwrap_or_else(|| panic!("{top}"));
+    assert!(
+        !line.trim_start().starts_with('-'),
+        "growth is positive: {line}"
+    );
+    drop(grown);
+}
+
+#[inline(never)]
+fn grown_between_snapshots() -> Vec<Vec<u8>> {
+    (0..16).map(|i| vec![i as u8; 1 << 20]).collect()
+}
+
+#[test]
+fn debug_1_is_the_legacy_text_that_pprof_reads() {
+    let r = request("GET", "/debug/pprof/heap?debug=1", b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+    let text = r.text();
+    let header = text.lines().next().unwrap();
+    assert!(
+        header.starts_with("heap profile: ")
+            && header.ends_with(&format!("@ heap/{}", 2 * 64 * 1024)),
+        "{header}"
+    );
+    assert!(
+        text.contains("held_by_the_endpoint_test"),
+        "symbol lines name the site"
+    );
+    // Fetched by pprof itself, the text is named through /debug/pprof/symbol, as Go's is.
+    let (top, _) = go_pprof(&["-top", &url("/debug/pprof/heap?debug=1")]);
+    assert!(top.contains("Type: inuse_space"), "{top}");
+    assert!(
+        top.contains("endpoints::held_by_the_endpoint_test"),
+        "{top}"
+    );
+}
+
+#[inline(never)]
+fn busy_for(d: Duration) -> u64 {
+    let end = std::time::Instant::now() + d;
+    let mut x = 0u64;
+    while std::time::Instant::now() < end {
+        // Allocate too, so the CPU profiler's signal lands inside the allocator hook.
+        let v = vec![x as u8; 64 + (x as usize % 4096)];
+        x = x.wrapping_add(v.len() as u64);
+    }
+    x
+}
+
+/// CPU profiles are one at a time per process: the tests that take them take turns.
+static CPU: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn cpu_profile_while_heap_sampling_runs() {
+    let _turn = CPU.lock().unwrap_or_else(|p| p.into_inner());
+    let worker = std::thread::spawn(|| busy_for(Duration::from_secs(4)));
+    let (top, _) = go_pprof(&["-top", "-seconds", "2", &url("/debug/pprof/profile")]);
+    assert!(top.contains("Type: cpu"), "{top}");
+    assert!(top.contains("busy_for"), "{top}");
+    worker.join().unwrap();
+}
+
+#[test]
+fn a_second_cpu_profile_gets_a_conflict_not_a_hang() {
+    let _turn = CPU.lock().unwrap_or_else(|p| p.into_inner());
+    let first = std::thread::spawn(|| request("GET", "/debug/pprof/profile?seconds=3", b""));
+    std::thread::sleep(Duration::from_millis(500));
+    let second = request("GET", "/debug/pprof/profile?seconds=1", b"");
+    let first = first.join().unwrap();
+    // One of the two ran; whichever came second was refused at once.
+    let statuses = [first.status, second.status];
+    assert!(
+        statuses.contains(&200) && statuses.contains(&409),
+        "{statuses:?}"
+    );
+}
+
+#[test]
+fn errors_are_answered_as_go_answers_them() {
+    let cases = [
+        (
+            "GET",
+            "/debug/pprof/heap?seconds=abc",
+            400,
+            "invalid value for \"seconds\"",
+        ),
+        (
+            "GET",
+            "/debug/pprof/heap?seconds=0",
+            400,
+            "invalid value for \"seconds\"",
+        ),
+        (
+            "GET",
+            "/debug/pprof/allocs?seconds=-3",
+            400,
+            "invalid value for \"seconds\"",
+        ),
+        ("GET", "/debug/pprof/heap?seconds=100000", 400, "exceeds"),
+        (
+            "GET",
+            "/debug/pprof/heap?seconds=99999999999999999999999999",
+            400,
+            "invalid value",
+        ),
+        (
+            "GET",
+            "/debug/pprof/heap?seconds=1&debug=1",
+            400,
+            "seconds and debug params are incompatible",
+        ),
+        (
+            "GET",
+            "/debug/pprof/profile?seconds=1000000",
+            400,
+            "exceeds",
+        ),
+        ("GET", "/debug/pprof/nope", 404, "Unknown profile"),
+        ("GET", "/debug/pprof/../../etc/passwd", 404, ""),
+        ("POST", "/debug/pprof/heap", 405, ""),
+        ("DELETE", "/debug/pprof/allocs", 405, ""),
+        ("PUT", "/debug/pprof/profile", 405, ""),
+    ];
+    for (method, path, status, message) in cases {
+        let r = request(method, path, b"");
+        assert_eq!(r.status, status, "{method} {path}: {}", r.text());
+        assert!(r.text().contains(message), "{method} {path}: {}", r.text());
+        if status != 404 || message == "Unknown profile" {
+            assert_eq!(r.header("x-go-pprof"), Some("1"), "{method} {path}");
+            assert_eq!(
+                r.header("content-type"),
+                Some("text/plain; charset=utf-8"),
+                "{method} {path}"
+            );
+        }
+        assert_eq!(r.header("content-disposition"), None);
+    }
+}
+
+#[test]
+fn symbol_and_cmdline() {
+    let r = request("GET", "/debug/pprof/symbol", b"");
+    assert_eq!((r.status, r.text()), (200, "num_symbols: 1\n".to_string()));
+    let addr = held_by_the_endpoint_test as *const () as usize + 1;
+    server();
+    let r = request(
+        "POST",
+        "/debug/pprof/symbol",
+        format!("{addr:#x}+0x0+junk").as_bytes(),
+    );
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text()
+            .contains(&format!("{addr:#x} endpoints::held_by_the_endpoint_test")),
+        "{}",
+        r.text()
+    );
+    let r = request("GET", "/debug/pprof/cmdline", b"");
+    assert!(
+        r.text().split('\0').next().unwrap().contains("endpoints"),
+        "{}",
+        r.text()
+    );
+    let index = request("GET", "/debug/pprof/", b"");
+    assert_eq!(index.status, 200);
+    assert!(index
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
+    for link in [
+        "href=\"heap\"",
+        "href=\"allocs\"",
+        "href=\"profile?seconds=10\"",
+    ] {
+        assert!(index.text().contains(link), "{link}");
+    }
+}
+
+/// What Parca and Grafana Alloy require of a scraped profile (both fetch /debug/pprof/allocs by
+/// default): the right content type, gzip-compressed profile.proto, ids 1..n in order, every
+/// location in a mapping with a unique address, string_table[0] empty, one value per sample type.
+#[test]
+fn allocs_meets_the_ingest_rules_of_parca_and_alloy() {
+    use prost::Message;
+    let r = request("GET", "/debug/pprof/allocs", b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+    assert_eq!(&r.body[..2], &[0x1f, 0x8b], "gzip");
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&r.body[..]), &mut raw).unwrap();
+    let p = heapscope::pprof::proto::Profile::decode(&raw[..]).unwrap();
+    assert_eq!(p.string_table[0], "");
+    let types: Vec<&str> = p
+        .sample_type
+        .iter()
+        .map(|t| p.string_table[t.r#type as usize].as_str())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "alloc_objects",
+            "alloc_space",
+            "inuse_objects",
+            "inuse_space"
+        ]
+    );
+    assert_eq!(
+        p.string_table[p.default_sample_type as usize],
+        "alloc_space"
+    );
+    assert!(p.time_nanos > 0 && p.period > 0);
+    for (i, m) in p.mapping.iter().enumerate() {
+        assert_eq!(m.id, i as u64 + 1, "mapping ids run 1..n");
+    }
+    for (i, f) in p.function.iter().enumerate() {
+        assert_eq!(f.id, i as u64 + 1, "function ids run 1..n");
+    }
+    let mut addresses = std::collections::HashSet::new();
+    for (i, l) in p.location.iter().enumerate() {
+        assert_eq!(l.id, i as u64 + 1, "location ids run 1..n");
+        assert!(
+            l.mapping_id >= 1 && l.mapping_id <= p.mapping.len() as u64,
+            "location {} has a mapping",
+            l.id
+        );
+        assert!(addresses.insert(l.address), "location addresses are unique");
+    }
+    assert!(!p.sample.is_empty());
+    for s in &p.sample {
+        assert_eq!(s.value.len(), 4);
+        assert!(s
+            .location_id
+            .iter()
+            .all(|&id| id >= 1 && id <= p.location.len() as u64));
+        assert!(
+            s.label
+                .iter()
+                .any(|l| p.string_table[l.key as usize] == "bytes" && l.num > 0),
+            "bytes label"
+        );
+    }
+}

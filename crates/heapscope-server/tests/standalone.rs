@@ -1,0 +1,77 @@
+//! A plain program (no async runtime of its own) serves its profiles with `spawn` while its main
+//! thread keeps allocating: every request is answered, and the profile shows the main thread's
+//! allocation site.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+#[global_allocator]
+static GLOBAL: heapscope::Sampler<std::alloc::System> = heapscope::Sampler::new(std::alloc::System);
+
+#[inline(never)]
+fn main_thread_allocates(cache: &mut Vec<Vec<u8>>, i: usize) {
+    cache.push(vec![i as u8; 16 << 10]);
+}
+
+fn get(addr: std::net::SocketAddr, path: &str) -> (u16, Vec<u8>) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let status = String::from_utf8_lossy(&raw[..split])
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    (status, raw[split + 4..].to_vec())
+}
+
+fn main() {
+    heapscope::set_sample_rate(64 * 1024);
+    let server = heapscope_server::spawn("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let addr = server.local_addr();
+    let client = std::thread::spawn(move || {
+        let mut profiles = Vec::new();
+        for _ in 0..10 {
+            std::thread::sleep(Duration::from_millis(100));
+            let (status, body) = get(addr, "/debug/pprof/heap");
+            assert_eq!(status, 200);
+            profiles.push(body);
+        }
+        profiles
+    });
+    let mut cache = Vec::new();
+    let start = Instant::now();
+    let mut i = 0;
+    while !client.is_finished() {
+        main_thread_allocates(&mut cache, i);
+        if cache.len() > 2048 {
+            cache.drain(..1024);
+        }
+        i += 1;
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the server stopped answering"
+        );
+    }
+    let profiles = client.join().expect("every request answered");
+    let last = heapscope::Profile::from_pprof_bytes(profiles.last().unwrap()).unwrap();
+    let names: Vec<&str> = last
+        .samples
+        .iter()
+        .flat_map(|s| last.stack_names(s))
+        .collect();
+    assert!(
+        names.iter().any(|n| n.ends_with("main_thread_allocates")),
+        "the main thread's site is in the profile"
+    );
+    server.shutdown();
+    println!("standalone: 1 passed, 0 failed ({i} allocations while serving 10 profiles)");
+}
