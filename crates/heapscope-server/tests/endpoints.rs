@@ -115,6 +115,18 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Runs `go tool pprof`, expecting it to fail; returns what it printed.
+fn go_pprof_fails(args: &[&str]) -> String {
+    let out = Command::new("go")
+        .args(["tool", "pprof"])
+        .args(args)
+        .env("PPROF_TMPDIR", env!("CARGO_TARGET_TMPDIR"))
+        .output()
+        .expect("`go` not found: the README's test command installs golang-go");
+    assert!(!out.status.success(), "go tool pprof {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 fn go_pprof(args: &[&str]) -> (String, String) {
     let out = Command::new("go")
         .args(["tool", "pprof"])
@@ -471,5 +483,123 @@ fn allocs_meets_the_ingest_rules_of_parca_and_alloy() {
                 .any(|l| p.string_table[l.key as usize] == "bytes" && l.num > 0),
             "bytes label"
         );
+    }
+}
+
+/// A server of its own with tight limits, for the tests of limits.
+fn limited(options: heapscope_server::Options) -> heapscope_server::Server {
+    options.spawn("127.0.0.1:0").unwrap()
+}
+
+fn request_to(addr: SocketAddr, head: &str, body: &[u8]) -> Reply {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "{head}\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+#[test]
+fn waiting_deltas_are_bounded_and_a_client_that_leaves_frees_its_place() {
+    let server = limited(heapscope_server::Options::new().max_waiting(1));
+    let addr = server.local_addr();
+    // The only place is taken by a client that asks for a minute and hangs up after 300 ms.
+    let mut leaving = TcpStream::connect(addr).unwrap();
+    write!(
+        leaving,
+        "GET /debug/pprof/heap?seconds=60 HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let r = request_to(addr, "GET /debug/pprof/heap?seconds=1 HTTP/1.1", b"");
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.header("x-go-pprof"), Some("1"));
+    drop(leaving);
+    // Its wait is cancelled, so the place is free again well before the minute is up.
+    let start = std::time::Instant::now();
+    loop {
+        let r = request_to(addr, "GET /debug/pprof/heap?seconds=1 HTTP/1.1", b"");
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 429);
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the departed client's wait was not cancelled"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_bearer_token_is_required_once_set() {
+    let server = limited(heapscope_server::Options::new().bearer_token("s3cret"));
+    let addr = server.local_addr();
+    let r = request_to(addr, "GET /debug/pprof/heap HTTP/1.1", b"");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    let r = request_to(
+        addr,
+        "GET /debug/pprof/heap HTTP/1.1\r\nAuthorization: Bearer wrong",
+        b"",
+    );
+    assert_eq!(r.status, 401);
+    let r = request_to(
+        addr,
+        "GET /debug/pprof/heap HTTP/1.1\r\nAuthorization: Bearer s3cret",
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+}
+
+#[test]
+fn oversized_request_bodies_are_refused() {
+    let big = vec![b'1'; 2 << 20];
+    let r = request("POST", "/debug/pprof/symbol", &big);
+    assert_eq!(r.status, 413, "{}", r.text());
+}
+
+/// pprof shows a Go server's own error message (it looks for `X-Go-Pprof` and text/plain); ours
+/// must reach the user the same way.
+#[test]
+fn go_tool_pprof_shows_our_error_messages() {
+    for (path, message) in [
+        ("/debug/pprof/nope", "Unknown profile"),
+        (
+            "/debug/pprof/heap?seconds=abc",
+            "invalid value for \"seconds\"",
+        ),
+        (
+            "/debug/pprof/heap?seconds=100000",
+            "exceeds this server's limit",
+        ),
+        (
+            "/debug/pprof/heap?seconds=1&debug=1",
+            "seconds and debug params are incompatible",
+        ),
+    ] {
+        let stderr = go_pprof_fails(&["-top", &url(path)]);
+        assert!(stderr.contains(message), "{path}: {stderr}");
     }
 }

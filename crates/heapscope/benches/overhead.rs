@@ -11,117 +11,17 @@
 //! - sampled: one sampled allocation (and its free) 30 frames deep, at rate 1.
 //! - write: writing a heap profile of 10,000 distinct stacks once symbols are cached.
 
+mod common;
+
+use common::{churn, compare, median, stack_path, Sizes};
 use heapscope::Sampler;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tikv_jemallocator::Jemalloc;
 
 static SAMPLED_SYSTEM: Sampler<System> = Sampler::new(System);
 static SAMPLED_JEMALLOC: Sampler<Jemalloc> = Sampler::new(Jemalloc);
-
-const RING: usize = 4096;
-
-#[derive(Clone, Copy)]
-enum Sizes {
-    Small,
-    ByteHeavy,
-}
-
-fn xorshift(s: &mut u64) -> u64 {
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    *s
-}
-
-fn size(sizes: Sizes, r: u64) -> usize {
-    let pick = (r >> 32) % 100;
-    let r = r as usize;
-    match (sizes, pick) {
-        (Sizes::Small, _) | (Sizes::ByteHeavy, 0..=79) => 16 + r % 241,
-        (Sizes::ByteHeavy, 80..=98) => 1024 + r % (63 * 1024 + 1),
-        (Sizes::ByteHeavy, _) => (256 << 10) + r % ((768 << 10) + 1),
-    }
-}
-
-fn churn_thread<A: GlobalAlloc>(a: &A, sizes: Sizes, steps: usize, seed: u64) {
-    let mut ring: Vec<(*mut u8, usize)> = vec![(std::ptr::null_mut(), 0); RING];
-    let mut s = seed | 1;
-    for _ in 0..steps {
-        let r = xorshift(&mut s);
-        let slot = &mut ring[(r as usize >> 7) % RING];
-        if !slot.0.is_null() {
-            // SAFETY: allocated below by `a` with this size and alignment 8.
-            unsafe { a.dealloc(slot.0, Layout::from_size_align_unchecked(slot.1, 8)) };
-        }
-        let n = size(sizes, xorshift(&mut s));
-        // SAFETY: n > 0.
-        let p = unsafe { a.alloc(Layout::from_size_align_unchecked(n, 8)) };
-        assert!(!p.is_null());
-        // SAFETY: p has n >= 16 bytes.
-        unsafe { p.write_volatile(1) };
-        *slot = (p, n);
-    }
-    for (p, n) in ring {
-        if !p.is_null() {
-            // SAFETY: as above.
-            unsafe { a.dealloc(p, Layout::from_size_align_unchecked(n, 8)) };
-        }
-    }
-}
-
-/// CPU time of the calling thread: time the thread was preempted for does not count.
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-/// Two threads churning at once; returns the CPU time they used together.
-fn churn<A: GlobalAlloc + Sync>(a: &A, sizes: Sizes, steps: usize) -> Duration {
-    std::thread::scope(|scope| {
-        let threads: Vec<_> = (0..2u64)
-            .map(|t| {
-                scope.spawn(move || {
-                    let start = thread_cpu_time();
-                    churn_thread(a, sizes, steps, 0x1234_5678 + t * 7919);
-                    thread_cpu_time() - start
-                })
-            })
-            .collect();
-        threads.into_iter().map(|t| t.join().unwrap()).sum()
-    })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-/// Runs `base` and `hooked` `reps` times each, alternating which goes first (ABBA) so that
-/// neither always runs in the wake of the other; returns (median base, median hooked) in s.
-fn compare(
-    reps: usize,
-    mut base: impl FnMut() -> Duration,
-    mut hooked: impl FnMut() -> Duration,
-) -> (f64, f64) {
-    let (mut b, mut h) = (Vec::new(), Vec::new());
-    for i in 0..reps {
-        if i % 2 == 0 {
-            b.push(base().as_secs_f64());
-            h.push(hooked().as_secs_f64());
-        } else {
-            h.push(hooked().as_secs_f64());
-            b.push(base().as_secs_f64());
-        }
-    }
-    (median(b), median(h))
-}
 
 #[inline(never)]
 fn deep<A: GlobalAlloc>(a: &A, depth: usize, n: usize) -> u64 {
@@ -139,31 +39,6 @@ fn deep<A: GlobalAlloc>(a: &A, depth: usize, n: usize) -> u64 {
         }
     }
     start.elapsed().as_nanos() as u64
-}
-
-#[inline(never)]
-fn path_a(keep: &mut Vec<usize>, bits: u32, depth: u32) {
-    stack_path(keep, bits >> 1, depth - 1);
-    black_box(&keep);
-}
-
-#[inline(never)]
-fn path_b(keep: &mut Vec<usize>, bits: u32, depth: u32) {
-    stack_path(keep, bits >> 1, depth - 1);
-    black_box(&keep);
-}
-
-#[inline(never)]
-fn stack_path(keep: &mut Vec<usize>, bits: u32, depth: u32) {
-    if depth == 0 {
-        let layout = Layout::from_size_align(256, 8).unwrap();
-        // SAFETY: non-zero layout; kept until the benchmark frees it.
-        keep.push(unsafe { SAMPLED_SYSTEM.alloc(layout) } as usize);
-    } else if bits & 1 == 1 {
-        path_a(keep, bits, depth);
-    } else {
-        path_b(keep, bits, depth);
-    }
 }
 
 fn main() {
@@ -250,8 +125,12 @@ fn main() {
     // Writing a heap profile of 10,000 distinct stacks, symbols cached.
     heapscope::set_sample_rate(1);
     let mut keep = Vec::with_capacity(10_000);
+    let layout = Layout::from_size_align(256, 8).unwrap();
     for bits in 0..10_000u32 {
-        stack_path(&mut keep, bits, 14);
+        // SAFETY: a non-zero layout; freed at the end with the same layout.
+        stack_path(bits, 14, &mut || {
+            keep.push(unsafe { SAMPLED_SYSTEM.alloc(layout) } as usize)
+        });
     }
     heapscope::set_sample_rate(heapscope::DEFAULT_SAMPLE_RATE);
     let stacks = heapscope::stats().stacks;

@@ -1,0 +1,88 @@
+//! What the endpoint costs: a heap-profile request over 10,000 stacks, and the effect of an idle
+//! server on the allocator hook's small-object churn benchmark (same run, interleaved, ratio of
+//! medians). Run with `cargo bench -p heapscope-server --bench requests` (`-- quick` for short).
+
+#[path = "../../heapscope/benches/common/mod.rs"]
+mod common;
+
+use common::{churn, compare, median, stack_path, Sizes};
+use std::io::{Read, Write};
+use std::time::Instant;
+
+#[global_allocator]
+static GLOBAL: heapscope::Sampler<std::alloc::System> = heapscope::Sampler::new(std::alloc::System);
+
+fn get(addr: std::net::SocketAddr, path: &str) -> usize {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    assert!(
+        raw.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&raw[..raw.len().min(200)])
+    );
+    raw.len()
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "quick");
+    let (steps, reps) = if quick {
+        (1_000_000, 4)
+    } else {
+        (10_000_000, 16)
+    };
+    println!("heapscope-server benchmark ({reps} interleaved runs, medians)");
+
+    // An idle server next to the hook: churn with no server, then with one listening.
+    let (alone, beside) = compare(
+        reps,
+        || churn(&GLOBAL, Sizes::Small, steps),
+        || {
+            let server = heapscope_server::spawn("127.0.0.1:0").unwrap();
+            // Let its runtime finish starting: the question is what an idle server costs.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let d = churn(&GLOBAL, Sizes::Small, steps);
+            server.shutdown();
+            d
+        },
+    );
+    println!(
+        "{:<48} {alone:>9.3}s {beside:>9.3}s {:>7.3}",
+        "small-object churn: no server vs idle server",
+        beside / alone
+    );
+
+    // A heap profile of 10,000 distinct stacks, requested over loopback.
+    heapscope::set_sample_rate(1);
+    let mut keep: Vec<Box<[u8; 256]>> = Vec::with_capacity(10_000);
+    for bits in 0..10_000u32 {
+        stack_path(bits, 14, &mut || keep.push(Box::new([bits as u8; 256])));
+    }
+    heapscope::set_sample_rate(heapscope::DEFAULT_SAMPLE_RATE);
+    let server = heapscope_server::spawn("127.0.0.1:0").unwrap();
+    let addr = server.local_addr();
+    let size = get(addr, "/debug/pprof/heap");
+    let times: Vec<f64> = (0..9)
+        .map(|_| {
+            let t = Instant::now();
+            get(addr, "/debug/pprof/heap");
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    println!(
+        "{:<48} {:>10} {:>8.1}ms",
+        format!(
+            "GET /debug/pprof/heap, {} stacks",
+            heapscope::stats().stacks
+        ),
+        format!("{} KiB", size / 1024),
+        median(times)
+    );
+    server.shutdown();
+    drop(keep);
+}

@@ -1,0 +1,72 @@
+//! The CPU profiler's signal handler and the allocator hook must not deadlock. Every allocation
+//! is sampled (rate 1), so two threads spend most of their time inside the hook's slow path
+//! (walking stacks, interning them) while SIGPROF lands on them a hundred times a second for
+//! three seconds. The profile must come back, and the threads must finish.
+//! Runs without the test harness: the rate is process-wide.
+
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[global_allocator]
+static GLOBAL: heapscope::Sampler<std::alloc::System> = heapscope::Sampler::new(std::alloc::System);
+
+#[inline(never)]
+fn allocate_in_the_hook(stop: &AtomicBool) -> u64 {
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let v: Vec<u64> = Vec::with_capacity(8 + (n as usize % 512));
+        n += std::hint::black_box(v).capacity() as u64;
+    }
+    n
+}
+
+fn main() {
+    let server = heapscope_server::spawn("127.0.0.1:0").unwrap();
+    let addr = server.local_addr();
+    heapscope::set_sample_rate(1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                heapscope::set_sample_rate(1);
+                allocate_in_the_hook(&stop)
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    // A deadlock shows up as this read timing out.
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "GET /debug/pprof/profile?seconds=3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply)
+        .expect("the CPU profile came back");
+    stop.store(true, Ordering::Relaxed);
+    let allocated: u64 = workers
+        .into_iter()
+        .map(|w| w.join().expect("worker finished"))
+        .sum();
+    heapscope::set_sample_rate(heapscope::DEFAULT_SAMPLE_RATE);
+    let head = String::from_utf8_lossy(&reply[..reply.len().min(64)]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(allocated > 0);
+    let stats = heapscope::stats();
+    println!(
+        "cpu_and_hook: 1 passed, 0 failed ({} stacks sampled at rate 1 under SIGPROF, {:?})",
+        stats.stacks,
+        started.elapsed()
+    );
+    server.shutdown();
+}

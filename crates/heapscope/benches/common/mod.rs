@@ -1,0 +1,139 @@
+//! Workloads shared by the benchmarks of heapscope and heapscope-server (included by path, so
+//! both measure exactly the same thing).
+#![allow(dead_code)]
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::hint::black_box;
+use std::time::Duration;
+
+pub const RING: usize = 4096;
+
+#[derive(Clone, Copy)]
+pub enum Sizes {
+    /// 16-256 B.
+    Small,
+    /// 80% 16-256 B, 19% 1-64 KiB, 1% 256 KiB-1 MiB.
+    ByteHeavy,
+}
+
+pub fn xorshift(s: &mut u64) -> u64 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    *s
+}
+
+pub fn size(sizes: Sizes, r: u64) -> usize {
+    let pick = (r >> 32) % 100;
+    let r = r as usize;
+    match (sizes, pick) {
+        (Sizes::Small, _) | (Sizes::ByteHeavy, 0..=79) => 16 + r % 241,
+        (Sizes::ByteHeavy, 80..=98) => 1024 + r % (63 * 1024 + 1),
+        (Sizes::ByteHeavy, _) => (256 << 10) + r % ((768 << 10) + 1),
+    }
+}
+
+pub fn churn_thread<A: GlobalAlloc>(a: &A, sizes: Sizes, steps: usize, seed: u64) {
+    let mut ring: Vec<(*mut u8, usize)> = vec![(std::ptr::null_mut(), 0); RING];
+    let mut s = seed | 1;
+    for _ in 0..steps {
+        let r = xorshift(&mut s);
+        let slot = &mut ring[(r as usize >> 7) % RING];
+        if !slot.0.is_null() {
+            // SAFETY: allocated below by `a` with this size and alignment 8.
+            unsafe { a.dealloc(slot.0, Layout::from_size_align_unchecked(slot.1, 8)) };
+        }
+        let n = size(sizes, xorshift(&mut s));
+        // SAFETY: n > 0.
+        let p = unsafe { a.alloc(Layout::from_size_align_unchecked(n, 8)) };
+        assert!(!p.is_null());
+        // SAFETY: p has n >= 16 bytes.
+        unsafe { p.write_volatile(1) };
+        *slot = (p, n);
+    }
+    for (p, n) in ring {
+        if !p.is_null() {
+            // SAFETY: as above.
+            unsafe { a.dealloc(p, Layout::from_size_align_unchecked(n, 8)) };
+        }
+    }
+}
+
+/// CPU time of the calling thread: time the thread was preempted for does not count.
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Two threads churning at once; returns the CPU time they used together.
+pub fn churn<A: GlobalAlloc + Sync>(a: &A, sizes: Sizes, steps: usize) -> Duration {
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..2u64)
+            .map(|t| {
+                scope.spawn(move || {
+                    let start = thread_cpu_time();
+                    churn_thread(a, sizes, steps, 0x1234_5678 + t * 7919);
+                    thread_cpu_time() - start
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).sum()
+    })
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Runs `base` and `hooked` `reps` times each, alternating which goes first (ABBA) so that
+/// neither always runs in the wake of the other; returns (median base, median hooked) in s.
+pub fn compare(
+    reps: usize,
+    mut base: impl FnMut() -> Duration,
+    mut hooked: impl FnMut() -> Duration,
+) -> (f64, f64) {
+    let (mut b, mut h) = (Vec::new(), Vec::new());
+    for i in 0..reps {
+        if i % 2 == 0 {
+            b.push(base().as_secs_f64());
+            h.push(hooked().as_secs_f64());
+        } else {
+            h.push(hooked().as_secs_f64());
+            b.push(base().as_secs_f64());
+        }
+    }
+    (median(b), median(h))
+}
+
+/// Builds a distinct call path from `bits` (two alternating functions per level, `depth` levels)
+/// and calls `leaf` at its end: `2^depth` distinct stacks from one recursive helper.
+#[inline(never)]
+pub fn path_a(bits: u32, depth: u32, leaf: &mut dyn FnMut()) {
+    stack_path(bits >> 1, depth - 1, leaf);
+    // Different constants in the two functions: identical bodies would be merged into one
+    // symbol by the compiler, and every path would look the same.
+    black_box(0xA);
+}
+
+#[inline(never)]
+pub fn path_b(bits: u32, depth: u32, leaf: &mut dyn FnMut()) {
+    stack_path(bits >> 1, depth - 1, leaf);
+    black_box(0xB);
+}
+
+#[inline(never)]
+pub fn stack_path(bits: u32, depth: u32, leaf: &mut dyn FnMut()) {
+    if depth == 0 {
+        leaf();
+    } else if bits & 1 == 1 {
+        path_a(bits, depth, leaf);
+    } else {
+        path_b(bits, depth, leaf);
+    }
+}
