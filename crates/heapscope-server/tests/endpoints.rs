@@ -1,10 +1,13 @@
 //! The endpoints on a real server (127.0.0.1:0), read by the real `go tool pprof` and checked
 //! byte for byte where tools depend on them.
 
+mod common;
+
+use common::pprof_tool::{go_pprof, go_pprof_fails};
+use common::{request_to, Reply};
 use heapscope::Profile;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -42,112 +45,8 @@ fn held_by_the_endpoint_test() -> Vec<Vec<u8>> {
     kept
 }
 
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// A minimal HTTP/1.1 client: one request, `Connection: close`, body by length or to EOF.
 fn request(method: &str, path: &str, body: &[u8]) -> Reply {
-    let mut s = TcpStream::connect(server()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len()).unwrap();
-    s.write_all(body).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a header block");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let mut body = raw[split + 4..].to_vec();
-    if headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
-    {
-        body = dechunk(&body);
-    }
-    Reply {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size =
-            usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16)
-                .unwrap();
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&data[line_end + 2..line_end + 2 + size]);
-        data = &data[line_end + 4 + size..];
-    }
-}
-
-/// Runs `go tool pprof`, expecting it to fail; returns what it printed.
-fn go_pprof_fails(args: &[&str]) -> String {
-    let out = Command::new("go")
-        .args(["tool", "pprof"])
-        .args(args)
-        .env("PPROF_TMPDIR", env!("CARGO_TARGET_TMPDIR"))
-        .output()
-        .expect("`go` not found: the README's test command installs golang-go");
-    assert!(!out.status.success(), "go tool pprof {args:?} succeeded");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn go_pprof(args: &[&str]) -> (String, String) {
-    let out = Command::new("go")
-        .args(["tool", "pprof"])
-        .args(args)
-        .env("PPROF_TMPDIR", env!("CARGO_TARGET_TMPDIR"))
-        .output()
-        .expect("`go` not found: the README's test command installs golang-go");
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    assert!(
-        out.status.success(),
-        "go tool pprof {args:?} failed:\n{stderr}\n{stdout}"
-    );
-    let lower = stderr.to_lowercase();
-    assert!(
-        !lower.contains("symboliz") && !lower.contains("warning"),
-        "pprof complained:\n{stderr}"
-    );
-    (stdout, stderr)
+    request_to(server(), &format!("{method} {path} HTTP/1.1"), body)
 }
 
 fn url(path: &str) -> String {
@@ -489,34 +388,6 @@ fn allocs_meets_the_ingest_rules_of_parca_and_alloy() {
 /// A server of its own with tight limits, for the tests of limits.
 fn limited(options: heapscope_server::Options) -> heapscope_server::Server {
     options.spawn("127.0.0.1:0").unwrap()
-}
-
-fn request_to(addr: SocketAddr, head: &str, body: &[u8]) -> Reply {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(
-        s,
-        "{head}\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
-    s.write_all(body).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let headers = head
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    Reply {
-        status,
-        headers,
-        body: body.as_bytes().to_vec(),
-    }
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! thread keeps allocating: every request is answered, and the profile shows the main thread's
 //! allocation site.
 
-use std::io::{Read, Write};
+mod common;
+
 use std::time::{Duration, Instant};
 
 #[global_allocator]
@@ -13,26 +14,6 @@ fn main_thread_allocates(cache: &mut Vec<Vec<u8>>, i: usize) {
     cache.push(vec![i as u8; 16 << 10]);
 }
 
-fn get(addr: std::net::SocketAddr, path: &str) -> (u16, Vec<u8>) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let status = String::from_utf8_lossy(&raw[..split])
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    (status, raw[split + 4..].to_vec())
-}
-
 fn main() {
     heapscope::set_sample_rate(64 * 1024);
     let server = heapscope_server::spawn("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -41,9 +22,9 @@ fn main() {
         let mut profiles = Vec::new();
         for _ in 0..10 {
             std::thread::sleep(Duration::from_millis(100));
-            let (status, body) = get(addr, "/debug/pprof/heap");
-            assert_eq!(status, 200);
-            profiles.push(body);
+            let r = common::request_to(addr, "GET /debug/pprof/heap HTTP/1.1", b"");
+            assert_eq!(r.status, 200);
+            profiles.push(r.body);
         }
         profiles
     });

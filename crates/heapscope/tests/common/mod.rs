@@ -35,23 +35,37 @@ pub fn assert_close(what: &str, estimate: i64, truth: i64, tolerance: f64) {
     );
 }
 
-/// Runs the real `go tool pprof` with `args`; returns (stdout, stderr). Fails the test with a
-/// pointer to the install step if Go is missing.
-pub fn go_pprof(args: &[&str]) -> (String, String) {
-    let out = Command::new("go")
+/// Runs the real `go tool pprof` with `args`. Fails the test with a pointer to the install step
+/// if Go is missing.
+pub fn run_go_pprof(args: &[&str]) -> std::process::Output {
+    Command::new("go")
         .arg("tool")
         .arg("pprof")
         .args(args)
-        .env("PPROF_TMPDIR", std::env::temp_dir())
+        .env("PPROF_TMPDIR", env!("CARGO_TARGET_TMPDIR"))
         .output()
-        .expect("`go` not found: the README's test command installs golang-go");
+        .expect("`go` not found: the README's test command installs golang-go")
+}
+
+/// Runs `go tool pprof`, which must succeed without complaining about symbols; returns
+/// (stdout, stderr).
+pub fn go_pprof(args: &[&str]) -> (String, String) {
+    let out = run_go_pprof(args);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         out.status.success(),
         "go tool pprof {args:?} failed:\n{stderr}\n{stdout}"
     );
+    assert_no_symbolization_warnings(&stderr);
     (stdout, stderr)
+}
+
+/// Runs `go tool pprof`, which must fail; returns what it printed on stderr.
+pub fn go_pprof_fails(args: &[&str]) -> String {
+    let out = run_go_pprof(args);
+    assert!(!out.status.success(), "go tool pprof {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Asserts pprof printed nothing about symbolization (it does when it finds unsymbolized
