@@ -1,0 +1,118 @@
+//! Runs the real `timer-leak` binary in each scenario, leaky and fixed, and reads two heap
+//! profiles from its endpoint: a baseline taken while it waits (`--delay`), and one a few seconds
+//! into the load. Leaky: at least 60% of the growth in use is under `after`. Fixed: the growth is
+//! at most a tenth of the leaky one.
+
+use heapscope::Profile;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The demo process, killed when dropped.
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(args: &[&str]) -> (Demo, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_timer-leak"))
+        .args(["--addr", "127.0.0.1:0", "--delay", "2"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the timer-leak binary starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("the demo prints its address").unwrap();
+        if let Some(rest) = line.trim().strip_prefix("profiles: http://") {
+            break rest.trim_end_matches("/debug/pprof/").parse().unwrap();
+        }
+    };
+    // Keep draining stdout so the demo never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (Demo(child), addr)
+}
+
+fn heap_profile(addr: SocketAddr) -> Profile {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "GET /debug/pprof/heap HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    assert!(raw.starts_with(b"HTTP/1.1 200"));
+    Profile::from_pprof_bytes(&raw[split + 4..]).expect("a heap profile")
+}
+
+/// (in-use bytes in total, in-use bytes under `after`).
+fn inuse(p: &Profile) -> (i64, i64) {
+    let i = p.sample_type_index("inuse_space").unwrap();
+    let total = p.samples.iter().map(|s| s.values[i]).sum();
+    let after = p
+        .samples
+        .iter()
+        .filter(|s| p.stack_names(s).contains(&"timer_leak_demo::after"))
+        .map(|s| s.values[i])
+        .sum();
+    (total, after)
+}
+
+/// (growth in total, growth under `after`) over `seconds` of load.
+fn growth(args: &[&str], seconds: u64) -> (i64, i64) {
+    let (_demo, addr) = start(args);
+    std::thread::sleep(Duration::from_millis(1000));
+    let before = inuse(&heap_profile(addr));
+    // The load starts 2 s after launch.
+    std::thread::sleep(Duration::from_millis(1000 + seconds * 1000));
+    let after = inuse(&heap_profile(addr));
+    (after.0 - before.0, after.1 - before.1)
+}
+
+/// The demos take the machine's cores in turns: the broker's leak is as large as its send rate.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn check(scenario: &str) {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let (leaky_total, leaky_after) = growth(&["--scenario", scenario], 4);
+    let (fixed_total, fixed_after) = growth(&["--scenario", scenario, "--fixed"], 4);
+    eprintln!(
+        "{scenario}: leaky grew {leaky_total} B ({leaky_after} B under after); fixed grew {fixed_total} B ({fixed_after} B under after)"
+    );
+    // The broker's leak is its send rate times 5 ms (about 1-1.5 MB here); the loop's grows
+    // by megabytes a second. Either way, well over half a megabyte in four seconds.
+    assert!(
+        leaky_total > 512 << 10,
+        "{scenario}: the leaky demo should grow measurably, grew {leaky_total} B"
+    );
+    assert!(
+        leaky_after as f64 >= 0.6 * leaky_total as f64,
+        "{scenario}: only {leaky_after} of {leaky_total} B of growth is under after"
+    );
+    assert!(
+        fixed_total <= leaky_total / 10,
+        "{scenario}: fixed grew {fixed_total} B, leaky {leaky_total} B"
+    );
+    assert_eq!(
+        fixed_after, 0,
+        "{scenario}: the fixed demo never calls after"
+    );
+}
+
+#[test]
+fn the_loop_leaks_under_after_and_the_fix_stays_flat() {
+    check("loop");
+}
+
+#[test]
+fn the_broker_leaks_under_after_and_the_fix_stays_flat() {
+    check("broker");
+}
