@@ -25,7 +25,9 @@
 mod cpu;
 mod endpoints;
 mod error;
+mod history;
 mod query;
+mod ui_api;
 
 pub use error::ProfileError;
 
@@ -51,6 +53,7 @@ const MAX_BODY_BYTES: usize = 1 << 20;
 pub(crate) struct Settings {
     pub(crate) max_seconds: Duration,
     pub(crate) waits: Arc<Semaphore>,
+    pub(crate) history: Option<Arc<history::History>>,
     bearer_token: Option<String>,
 }
 
@@ -68,6 +71,7 @@ pub struct Options {
     max_seconds: u64,
     max_waiting: usize,
     bearer_token: Option<String>,
+    history_settings: Option<(Duration, usize, usize)>,
 }
 
 impl Default for Options {
@@ -76,6 +80,11 @@ impl Default for Options {
             max_seconds: DEFAULT_MAX_SECONDS,
             max_waiting: DEFAULT_MAX_WAITING,
             bearer_token: None,
+            history_settings: Some((
+                history::DEFAULT_INTERVAL,
+                history::DEFAULT_CAPACITY,
+                history::DEFAULT_MAX_BYTES,
+            )),
         }
     }
 }
@@ -103,12 +112,30 @@ impl Options {
         self
     }
 
+    /// Snapshot history for the web UI: one snapshot every `interval`, at most `capacity` of
+    /// them and `max_bytes` of memory, oldest dropped first. Default: every 10 s, for an hour,
+    /// within 64 MiB.
+    pub fn history(mut self, interval: Duration, capacity: usize, max_bytes: usize) -> Options {
+        self.history_settings =
+            Some((interval.max(Duration::from_millis(10)), capacity, max_bytes));
+        self
+    }
+
+    /// No snapshot history (the UI then shows only the current heap).
+    pub fn without_history(mut self) -> Options {
+        self.history_settings = None;
+        self
+    }
+
     /// The endpoints, under `/debug/pprof/`, to merge into an application's router or wrap in
-    /// any tower layer.
+    /// any tower layer. Starts the snapshot history's thread, if history is on.
     pub fn router(self) -> Router {
         let settings = Arc::new(Settings {
             max_seconds: Duration::from_secs(self.max_seconds),
             waits: Arc::new(Semaphore::new(self.max_waiting)),
+            history: self.history_settings.map(|(interval, capacity, bytes)| {
+                history::History::start(interval, capacity, bytes)
+            }),
             bearer_token: self.bearer_token,
         });
         Router::new()
@@ -121,6 +148,14 @@ impl Options {
                 get(endpoints::symbol).post(endpoints::symbol),
             )
             .route("/debug/pprof/cmdline", get(endpoints::cmdline))
+            .route("/debug/pprof/ui/api/snapshots", get(ui_api::snapshots))
+            .route("/debug/pprof/ui/api/tree", get(ui_api::tree))
+            .route("/debug/pprof/ui/api/growing", get(ui_api::growing))
+            .route("/debug/pprof/ui/api/folded", get(ui_api::folded))
+            .route(
+                "/debug/pprof/ui/api/flamegraph.svg",
+                get(ui_api::flamegraph_svg),
+            )
             .route("/debug/pprof/{*name}", get(endpoints::unknown_profile))
             .method_not_allowed_fallback(endpoints::method_not_allowed)
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -23,11 +23,12 @@
 //!
 //! The pieces, each in its own module: the hook ([`Sampler`], `sampler`), the sampling decision
 //! (`poisson`), the unwinder (`unwind`), the tables (`stacks`, `region`, `live`), snapshots
-//! ([`snapshot()`]), the symbolizer ([`symbolize`]), the profile model ([`Profile`]) and its
-//! encoding ([`pprof`]).
+//! ([`snapshot()`]), the symbolizer ([`symbolize`]), the profile model ([`Profile`]), its
+//! encodings ([`pprof`], legacy text, folded stacks) and call trees ([`CallTree`]).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod folded;
 mod legacy;
 mod live;
 mod os;
@@ -40,6 +41,7 @@ mod snapshot;
 mod stacks;
 pub mod symbolize;
 mod tables;
+mod tree;
 mod unwind;
 
 pub use legacy::write_legacy_heap_text;
@@ -52,6 +54,7 @@ pub use profile::{
 pub use sampler::{sample_rate, set_sample_rate, Sampler};
 pub use snapshot::{snapshot, Snapshot, StackId, StackTotals};
 pub use tables::{stats, Stats, DEFAULT_SAMPLE_RATE};
+pub use tree::{CallTree, TreeNode};
 pub use unwind::{set_unwinder, unwinder, Unwinder};
 
 use std::io::{self, Write};

@@ -1,0 +1,165 @@
+//! The web UI's JSON API on a real server with a fast snapshot history (every 100 ms), while one
+//! call site grows steadily: the timeline shows the growth, the growing list names the site
+//! first, trees against a baseline show what is new, and bad parameters get clear errors.
+
+mod common;
+
+use common::request_to;
+use serde_json::Value;
+use std::time::Duration;
+
+#[global_allocator]
+static GLOBAL: heapscope::Sampler<std::alloc::System> = heapscope::Sampler::new(std::alloc::System);
+
+#[inline(never)]
+fn grows_steadily(kept: &mut Vec<Vec<u8>>, i: usize) {
+    kept.push(vec![i as u8; 256 << 10]);
+}
+
+fn get_json(addr: std::net::SocketAddr, path: &str) -> Value {
+    let r = request_to(addr, &format!("GET {path} HTTP/1.1"), b"");
+    assert_eq!(r.status, 200, "{path}: {}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"), "{path}");
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+fn names(tree: &Value) -> Vec<String> {
+    let strings = tree["strings"].as_array().unwrap();
+    tree["name"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            strings[i.as_u64().unwrap() as usize]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn timeline_growing_list_and_trees_follow_a_growing_site() {
+    heapscope::set_sample_rate(64 * 1024);
+    let server = heapscope_server::Options::new()
+        .history(Duration::from_millis(100), 50, 64 << 20)
+        .spawn("127.0.0.1:0")
+        .unwrap();
+    let addr = server.local_addr();
+    let mut kept = Vec::new();
+    for i in 0..30 {
+        grows_steadily(&mut kept, i);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let timeline = get_json(addr, "/debug/pprof/ui/api/snapshots");
+    assert_eq!(timeline["interval_ms"], 100);
+    let snaps = timeline["snapshots"].as_array().unwrap();
+    assert!(snaps.len() >= 5, "{} snapshots", snaps.len());
+    let first = snaps[0]["inuse_space"].as_i64().unwrap();
+    let last = snaps.last().unwrap()["inuse_space"].as_i64().unwrap();
+    assert!(
+        last > first + (2 << 20),
+        "the timeline shows the growth: {first} -> {last}"
+    );
+
+    let growing = get_json(addr, "/debug/pprof/ui/api/growing?window=20");
+    let top = &growing["stacks"][0];
+    let frames: Vec<&str> = top["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert!(
+        frames.iter().any(|f| f.ends_with("grows_steadily")),
+        "{growing}"
+    );
+    assert!(top["rate_per_second"].as_f64().unwrap() > 1e6, "{top}");
+
+    let now = get_json(addr, "/debug/pprof/ui/api/tree?type=inuse_space");
+    let n = names(&now);
+    assert_eq!(n[0], "root");
+    let total = now["total"].as_array().unwrap();
+    let selfs = now["self"].as_array().unwrap();
+    let sum_self: i64 = selfs.iter().map(|v| v.as_i64().unwrap()).sum();
+    assert_eq!(
+        total[0].as_i64().unwrap(),
+        sum_self,
+        "every byte is in exactly one node's self"
+    );
+    assert!(n.iter().any(|f| f.ends_with("grows_steadily")));
+
+    let base_id = snaps[0]["id"].as_u64().unwrap();
+    let diff = get_json(addr, &format!("/debug/pprof/ui/api/tree?base={base_id}"));
+    assert_eq!(diff["has_base"], true);
+    let n = names(&diff);
+    let site = n
+        .iter()
+        .position(|f| f.ends_with("grows_steadily"))
+        .unwrap();
+    let (now_v, base_v) = (
+        diff["total"][site].as_i64().unwrap(),
+        diff["base"][site].as_i64().unwrap(),
+    );
+    assert!(
+        now_v > base_v,
+        "the site grew since the baseline: {base_v} -> {now_v}"
+    );
+
+    let last_id = snaps.last().unwrap()["id"].as_u64().unwrap();
+    let full = get_json(addr, &format!("/debug/pprof/ui/api/tree?at={last_id}"));
+    let small = get_json(
+        addr,
+        &format!("/debug/pprof/ui/api/tree?at={last_id}&max_nodes=5"),
+    );
+    assert!(small["name"].as_array().unwrap().len() <= 5);
+    assert!(names(&full).len() > 5);
+    assert_eq!(
+        small["total"][0], full["total"][0],
+        "capping loses no bytes"
+    );
+
+    let folded = request_to(addr, "GET /debug/pprof/ui/api/folded HTTP/1.1", b"");
+    assert!(folded.text().lines().any(|l| l.contains("grows_steadily")));
+    let svg = request_to(
+        addr,
+        "GET /debug/pprof/ui/api/flamegraph.svg?type=inuse_space HTTP/1.1",
+        b"",
+    );
+    assert_eq!(svg.header("content-type"), Some("image/svg+xml"));
+    assert!(svg.text().contains("<svg") && svg.text().contains("grows_steadily"));
+
+    for (path, status) in [
+        ("/debug/pprof/ui/api/tree?type=bogus", 400),
+        ("/debug/pprof/ui/api/tree?at=abc", 400),
+        ("/debug/pprof/ui/api/tree?at=99999999", 404),
+        ("/debug/pprof/ui/api/growing?window=x", 400),
+        ("/debug/pprof/ui/api/nothing", 404),
+    ] {
+        let r = request_to(addr, &format!("GET {path} HTTP/1.1"), b"");
+        assert_eq!(r.status, status, "{path}: {}", r.text());
+    }
+    drop(kept);
+}
+
+#[test]
+fn without_history_the_timeline_says_so() {
+    let server = heapscope_server::Options::new()
+        .without_history()
+        .spawn("127.0.0.1:0")
+        .unwrap();
+    let r = request_to(
+        server.local_addr(),
+        "GET /debug/pprof/ui/api/snapshots HTTP/1.1",
+        b"",
+    );
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("history is turned off"));
+    let r = request_to(
+        server.local_addr(),
+        "GET /debug/pprof/ui/api/tree HTTP/1.1",
+        b"",
+    );
+    assert_eq!(r.status, 200, "the current heap needs no history");
+}
