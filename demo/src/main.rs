@@ -95,7 +95,9 @@ fn main() {
         }
     };
     heapscope::set_sample_rate(SAMPLE_RATE);
-    let server = match heapscope_server::spawn(args.addr.as_str()) {
+    // Snapshots every 2 s (for an hour): the UI's timeline and growth views come alive quickly.
+    let options = heapscope_server::Options::new().history(Duration::from_secs(2), 1800, 64 << 20);
+    let server = match options.spawn(args.addr.as_str()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("timer-leak: cannot serve profiles on {}: {e}", args.addr);

@@ -128,6 +128,7 @@ const INDEX: &str = r#"<!doctype html>
 <p>Profiles of this process, recorded by heapscope. Open one with <code>go tool pprof</code>,
 for example <code>go tool pprof -http=:8081 http://HOST/debug/pprof/heap</code>.
 Add <code>debug=1</code> for the legacy text format, <code>seconds=N</code> for what changed over N seconds.</p>
+<p><a href="ui/"><strong>Open the web UI</strong></a>: flame graphs of the heap, growth in red.</p>
 <table>
 <tr><td><a href="allocs">allocs</a></td><td>A sample of every allocation since the process started, by call stack.</td></tr>
 <tr><td><a href="heap">heap</a></td><td>A sample of the allocations still in use, by call stack.</td></tr>

@@ -27,6 +27,7 @@ mod endpoints;
 mod error;
 mod history;
 mod query;
+mod ui;
 mod ui_api;
 
 pub use error::ProfileError;
@@ -148,6 +149,10 @@ impl Options {
                 get(endpoints::symbol).post(endpoints::symbol),
             )
             .route("/debug/pprof/cmdline", get(endpoints::cmdline))
+            .route("/debug/pprof/ui", get(ui::add_slash))
+            .route("/debug/pprof/ui/", get(ui::index))
+            .route("/debug/pprof/ui/app.js", get(ui::app_js))
+            .route("/debug/pprof/ui/style.css", get(ui::style))
             .route("/debug/pprof/ui/api/snapshots", get(ui_api::snapshots))
             .route("/debug/pprof/ui/api/tree", get(ui_api::tree))
             .route("/debug/pprof/ui/api/growing", get(ui_api::growing))

@@ -1,0 +1,123 @@
+// End-to-end: the real timer-leak demo, its real server, the UI in Debian's headless Chromium.
+//
+//   node test/e2e.mjs [path/to/timer-leak]
+//
+// Checks that the page loads with no request leaving loopback, that the growing list names
+// `after` first, that the `after` frame is painted in the growth colour (read back from the
+// canvas), and that search and zoom work. Saves a screenshot to test/artifacts/.
+
+import { spawn } from "node:child_process";
+import { mkdirSync } from "node:fs";
+import { createInterface } from "node:readline";
+import assert from "node:assert/strict";
+import { chromium } from "playwright-core";
+
+const demoBin = process.argv[2] ?? new URL("../../target/release/timer-leak", import.meta.url).pathname;
+const artifacts = new URL("./artifacts/", import.meta.url).pathname;
+mkdirSync(artifacts, { recursive: true });
+
+function startDemo() {
+  const child = spawn(demoBin, ["--addr", "127.0.0.1:0"], { stdio: ["ignore", "pipe", "inherit"] });
+  return new Promise((resolve, reject) => {
+    const lines = createInterface({ input: child.stdout });
+    lines.on("line", (line) => {
+      const m = line.match(/profiles: http:\/\/([\d.]+:\d+)\//);
+      if (m) resolve({ child, addr: m[1] });
+    });
+    child.on("exit", (code) => reject(new Error(`timer-leak exited with ${code}`)));
+  });
+}
+
+const results = [];
+async function check(name, f) {
+  try {
+    await f();
+    results.push([name, true]);
+    console.log(`ok - ${name}`);
+  } catch (e) {
+    results.push([name, false]);
+    console.log(`not ok - ${name}\n  ${e.stack ?? e}`);
+  }
+}
+
+const { child, addr } = await startDemo();
+const browser = await chromium.launch({
+  executablePath: "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+try {
+  const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+  const requests = [];
+  page.on("request", (r) => requests.push(r.url()));
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  // Two snapshots (2 s apart) must exist for growth: the mount-time one and the baseline.
+  await new Promise((r) => setTimeout(r, 5000));
+  await page.goto(`http://${addr}/debug/pprof/ui/`);
+  await page.waitForFunction(() => window.__heapscope?.app?.tree && document.querySelectorAll("#growing li").length > 0, null, { timeout: 30000 });
+
+  await check("the page loads, with no request leaving loopback and no script error", async () => {
+    assert.ok(requests.length >= 4, requests.join("\n"));
+    for (const u of requests) assert.match(u, /^http:\/\/127\.0\.0\.1:\d+\//, u);
+    assert.deepEqual(errors, []);
+  });
+
+  await check("the growing list names after first", async () => {
+    const first = await page.locator("#growing li").first().innerText();
+    assert.match(first, /timer_leak_demo::after$/, first);
+  });
+
+  await check("the after frame is painted as growth", async () => {
+    assert.equal(await page.evaluate(() => window.__heapscope.app.tree.json.has_base), true, "growth mode opened by itself");
+    // Zoom on `after`, then read the pixels of its row back from the canvas.
+    assert.ok(await page.evaluate(() => window.__heapscope.zoomTo("timer_leak_demo::after")));
+    const [r, g, b] = await page.evaluate(() => {
+      const app = window.__heapscope.app;
+      const rect = app.rects.find((x) => x.node === app.zoomNode);
+      const dpr = window.devicePixelRatio || 1;
+      const ctx = app.canvas.getContext("2d");
+      // The frame's right end: its label, drawn from the left, does not reach there.
+      return Array.from(ctx.getImageData(Math.round((rect.x + rect.w - 4) * dpr), Math.round((rect.row * 18 + 4) * dpr), 1, 1).data);
+    });
+    assert.ok(r > 180 && g < 120 && b < 120, `after is drawn in rgb(${r}, ${g}, ${b}), not red`);
+  });
+
+  await check("search reports the share it matches", async () => {
+    await page.fill("#search", "timer_leak_demo::after");
+    await page.waitForFunction(() => /matches/.test(document.getElementById("searchinfo").textContent));
+    const info = await page.locator("#searchinfo").innerText();
+    const pct = Number(info.match(/([\d.]+)%/)[1]);
+    assert.ok(pct > 50, info);
+    assert.match(await page.evaluate(() => location.hash), /search=timer_leak_demo/, "the view is in the URL");
+    await page.fill("#search", "");
+  });
+
+  await check("zoom follows clicks and breadcrumbs, and resets", async () => {
+    await page.click("#reset");
+    assert.equal(await page.evaluate(() => window.__heapscope.app.zoomNode), 0);
+    await page.locator("#growing li").first().click();
+    const crumbs = await page.locator("#crumbs").innerText();
+    assert.match(crumbs, /timer_leak_demo::after/, crumbs);
+    // A click on the canvas zooms on the frame under the cursor: the root's first child.
+    await page.click("#reset");
+    await page.mouse.click((await page.locator("#flame").boundingBox()).x + 20, (await page.locator("#flame").boundingBox()).y + 18 + 9);
+    assert.equal(await page.evaluate(() => window.__heapscope.app.tree.path(window.__heapscope.app.zoomNode).length), 2);
+    await page.keyboard.press("Escape");
+    assert.equal(await page.evaluate(() => window.__heapscope.app.zoomNode), 0);
+  });
+
+  await check("the page is served with a self-only content security policy", async () => {
+    const r = await page.request.get(`http://${addr}/debug/pprof/ui/`);
+    assert.equal(r.headers()["content-security-policy"], "default-src 'self'");
+  });
+
+  await page.locator("#growing li").first().click();
+  await page.screenshot({ path: artifacts + "timer-leak-ui.png" });
+  console.log(`screenshot: ${artifacts}timer-leak-ui.png`);
+} finally {
+  await browser.close();
+  child.kill();
+}
+const failed = results.filter(([, ok]) => !ok).length;
+console.log(`e2e: ${results.length - failed} passed, ${failed} failed`);
+process.exit(failed ? 1 : 0);
