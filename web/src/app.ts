@@ -24,6 +24,9 @@ interface ViewState {
   search: string;
   palette: string;
   noise: number;
+  focus: string;
+  hide: string;
+  callers: string;
 }
 
 const ROW = 18;
@@ -35,6 +38,19 @@ const LIBRARY = /^(<&?(dyn )?)?(std|core|alloc|tokio|hashbrown|futures\w*|hyper|
 export function siteOf(frames: string[]): string {
   for (let i = frames.length - 1; i >= 0; i--) if (!LIBRARY.test(frames[i])) return frames[i];
   return frames[frames.length - 1] ?? "?";
+}
+
+/**
+ * Runs `f` once the next frame has been drawn: the graph gets that frame; the table, whose
+ * layout costs more than the canvas, follows.
+ */
+function afterFrame(f: () => void) {
+  requestAnimationFrame(() => setTimeout(f, 0));
+}
+
+/** A regular expression matching exactly `name`. */
+function exactly(name: string): string {
+  return "^" + name.replace(/[.*+?^${}()|[\]\\]/g, "\\$&") + "$";
 }
 
 function unitOf(type: string): string {
@@ -52,6 +68,9 @@ function readState(): ViewState {
     search: p.get("search") || "",
     palette: p.get("palette") || "standard",
     noise: Number(p.get("noise") || "0.001"),
+    focus: p.get("focus") || "",
+    hide: p.get("hide") || "",
+    callers: p.get("callers") || "",
   };
 }
 
@@ -64,6 +83,7 @@ function writeState(s: ViewState) {
   if (s.search) p.set("search", s.search);
   if (s.palette !== "standard") p.set("palette", s.palette);
   if (s.noise !== 0.001) p.set("noise", String(s.noise));
+  for (const k of ["focus", "hide", "callers"] as const) if (s[k]) p.set(k, s[k]);
   history.replaceState(null, "", "#" + p.toString());
 }
 
@@ -82,6 +102,10 @@ class App {
   searchRe?: RegExp;
   lastDrawMs = 0;
   canvas = $<HTMLCanvasElement>("flame");
+  /** The frame keyboard navigation and the selection bar act on. */
+  selected = 0;
+  /** Profiles opened from disk: [current, baseline?]. While set, trees come from them. */
+  files?: { current: File; base?: File };
 
   async load() {
     this.snapshots = await getJson<Snapshots>("api/snapshots");
@@ -99,9 +123,27 @@ class App {
   }
 
   async loadTree() {
-    const q = new URLSearchParams({ type: this.state.type, at: this.state.at });
-    if (this.state.base) q.set("base", this.state.base);
-    const json = await getJson<TreeJson>("api/tree?" + q.toString());
+    const q = new URLSearchParams({ type: this.state.type });
+    for (const k of ["focus", "hide", "callers"] as const) if (this.state[k]) q.set(k, this.state[k]);
+    let json: TreeJson | undefined;
+    if (this.files) {
+      // Files from disk go to the server, which reads them as it reads its own profiles.
+      const base = this.files.base ? await this.files.base.arrayBuffer() : new ArrayBuffer(0);
+      if (base.byteLength) q.set("base_bytes", String(base.byteLength));
+      if (!this.fileTypes.includes(this.state.type)) q.delete("type");
+      const body = new Blob([base, await this.files.current.arrayBuffer()]);
+      const r = await fetch("api/tree?" + q.toString(), { method: "POST", body });
+      if (!r.ok) {
+        $("status").textContent = `Could not open the file: ${await r.text()}`;
+        return;
+      }
+      json = (await r.json()) as TreeJson;
+      this.fileTypes = (json as unknown as { sample_types: string[] }).sample_types;
+    } else {
+      q.set("at", this.state.at);
+      if (this.state.base) q.set("base", this.state.base);
+      json = await getJson<TreeJson>("api/tree?" + q.toString());
+    }
     if (!json) {
       $("status").textContent = "Could not load the profile (the snapshot may have aged out).";
       return;
@@ -109,17 +151,36 @@ class App {
     this.setTree(new Tree(json));
   }
 
+  fileTypes: string[] = [];
+
+  /** Opens one profile, or two (the older one as the baseline), from disk. */
+  async openFiles(list: File[]) {
+    if (!list.length) return;
+    const [a, b] = [...list].sort((x, y) => x.lastModified - y.lastModified);
+    this.files = b ? { current: b, base: a } : { current: a };
+    this.fileTypes = [];
+    this.state.zoom = [];
+    await this.loadTree();
+  }
+
   setTree(tree: Tree) {
     this.tree = tree;
     this.zoomNode = tree.find(this.state.zoom) ?? 0;
+    this.selected = this.zoomNode;
     const root = tree.total(0);
     const unit = tree.json.unit;
     const mode = tree.json.has_base
       ? `growth since snapshot ${this.state.base}: ${changeText({ total: root, base: tree.json.base[0], inBase: true }, unit)}`
       : `${formatValue(root, unit)} in total`;
-    $("status").textContent = `${this.state.type}: ${mode}` + (tree.json.merged_nodes ? ` (${tree.json.merged_nodes} small frames merged)` : "");
+    const source = this.files ? `${this.files.current.name}${this.files.base ? ` against ${this.files.base.name}` : ""}: ` : "";
+    const filters = ["focus", "hide", "callers"].filter((k) => this.state[k as "focus"]).map((k) => `${k} ${this.state[k as "focus"]}`);
+    $("status").textContent =
+      `${source}${tree.json.type}: ${mode}` +
+      (tree.json.merged_nodes ? ` (${tree.json.merged_nodes} small frames merged)` : "") +
+      (filters.length ? ` — ${filters.join(", ")}` : "");
     $("legend").hidden = !tree.json.has_base;
     this.draw();
+    afterFrame(() => this.drawTop());
   }
 
   async loadGrowing() {
@@ -153,12 +214,104 @@ class App {
     }
   }
 
+  /** The functions of the tree: self, total (recursion counted once) and change, largest first. */
+  topRows(): { name: string; self: number; total: number; change: number }[] {
+    const t = this.tree!;
+    const j = t.json;
+    // Per function (its index in the string table), iteratively: 100,000 nodes take a few ms.
+    const k = j.strings.length;
+    const [self, total, base] = [new Float64Array(k), new Float64Array(k), new Float64Array(k)];
+    const onPath = new Int32Array(k);
+    // Negative entries mark leaving a node.
+    const stack: number[] = [...t.children[0]];
+    while (stack.length) {
+      const i = stack.pop()!;
+      if (i < 0) {
+        onPath[j.name[-i - 1]]--;
+        continue;
+      }
+      const f = j.name[i];
+      self[f] += j.self[i];
+      if (onPath[f] === 0) {
+        total[f] += j.total[i];
+        base[f] += j.base[i];
+      }
+      onPath[f]++;
+      stack.push(-i - 1, ...t.children[i]);
+    }
+    const rows: { name: string; self: number; total: number; change: number }[] = [];
+    for (let f = 0; f < k; f++) {
+      if (total[f] !== 0 || self[f] !== 0) rows.push({ name: j.strings[f], self: self[f], total: total[f], change: total[f] - base[f] });
+    }
+    const key = j.has_base ? (r: { change: number }) => r.change : (r: { self: number }) => r.self;
+    return rows.sort((a, b) => key(b) - key(a)).slice(0, 100);
+  }
+
+  drawTop() {
+    const t = this.tree!;
+    const unit = t.json.unit;
+    const body = $("top").querySelector("tbody")!;
+    body.replaceChildren();
+    for (const r of this.topRows()) {
+      const tr = document.createElement("tr");
+      tr.dataset.name = r.name;
+      for (const v of [r.name, formatValue(r.self, unit), formatValue(r.total, unit), t.json.has_base ? (r.change >= 0 ? "+" : "") + formatValue(r.change, unit) : ""]) {
+        const td = document.createElement("td");
+        td.textContent = v;
+        tr.appendChild(td);
+      }
+      // Table to graph: a row highlights its function's frames.
+      tr.addEventListener("click", () => {
+        this.state.search = exactly(r.name);
+        $<HTMLInputElement>("search").value = this.state.search;
+        this.compileSearch();
+        writeState(this.state);
+        this.draw();
+      });
+      body.appendChild(tr);
+    }
+    $("top").querySelector("thead th:last-child")!.textContent = t.json.has_base ? "change" : "";
+  }
+
+  select(node: number) {
+    if (!this.tree) return;
+    this.selected = node;
+    $("selected").textContent = node ? this.tree.name(node) : "(none)";
+    this.draw();
+    // Graph to table: the selected function's row is highlighted and scrolled into view.
+    afterFrame(() => {
+      for (const tr of $("top").querySelectorAll("tr.sel")) tr.classList.remove("sel");
+      const row = [...$("top").querySelectorAll<HTMLTableRowElement>("tbody tr")].find((tr) => tr.dataset.name === this.tree?.name(node));
+      if (row) {
+        row.classList.add("sel");
+        row.scrollIntoView({ block: "nearest" });
+      }
+    });
+  }
+
+  /** Focus, hide or callers of the selected function: a new tree from the server. */
+  filterBy(kind: "focus" | "hide" | "callers") {
+    if (!this.tree || !this.selected) return;
+    const name = this.tree.name(this.selected);
+    this.state[kind] = kind === "callers" ? name : exactly(name);
+    this.state.zoom = [];
+    writeState(this.state);
+    this.loadTree();
+  }
+
+  clearFilters() {
+    this.state.focus = this.state.hide = this.state.callers = "";
+    this.state.zoom = [];
+    writeState(this.state);
+    this.loadTree();
+  }
+
   zoomTo(node: number) {
     if (!this.tree) return;
     this.zoomNode = node;
     this.state.zoom = this.tree.path(node).slice(1).map((i) => this.tree!.name(i));
     writeState(this.state);
-    this.draw();
+    this.select(node);
   }
 
   compileSearch() {
@@ -226,6 +379,12 @@ class App {
       }
     }
     g.globalAlpha = 1;
+    const sel = this.rects.find((r) => r.node === this.selected && this.selected > 0);
+    if (sel) {
+      g.strokeStyle = "#111";
+      g.lineWidth = 2;
+      g.strokeRect(sel.x + 1, sel.row * ROW + 1, Math.max(sel.w - 2, 1), ROW - 3);
+    }
     this.lastDrawMs = performance.now() - started;
     this.drawCrumbs();
     const share = this.searchRe ? ` — search matches ${(t.matchedShare(this.searchRe) * 100).toFixed(1)}% of the total` : "";
@@ -346,8 +505,19 @@ $("search").addEventListener("input", (e) => {
   app.draw();
 });
 $("reset").addEventListener("click", () => app.zoomTo(0));
+$("focus").addEventListener("click", () => app.filterBy("focus"));
+$("hide").addEventListener("click", () => app.filterBy("hide"));
+$("callers").addEventListener("click", () => app.filterBy("callers"));
+$("clear").addEventListener("click", () => app.clearFilters());
+$<HTMLInputElement>("files").addEventListener("change", (e) => app.openFiles([...((e.target as HTMLInputElement).files ?? [])]));
+document.addEventListener("dragover", (e) => e.preventDefault());
+document.addEventListener("drop", (e) => {
+  e.preventDefault();
+  app.openFiles([...(e.dataTransfer?.files ?? [])]);
+});
 $("now").addEventListener("click", () => {
   app.state.at = "now";
+  app.files = undefined;
   writeState(app.state);
   app.load();
 });
@@ -358,6 +528,24 @@ app.canvas.addEventListener("click", (e) => {
   if (r) app.zoomTo(r.node);
 });
 document.addEventListener("keydown", (e) => {
+  const t = app.tree;
+  if (t && document.activeElement !== $("search")) {
+    // Arrows walk the graph: up to the caller, down to the largest callee, sideways to siblings.
+    const siblings = t.children[t.json.parent[app.selected]];
+    const at = siblings.indexOf(app.selected);
+    const moves: Record<string, number | undefined> = {
+      ArrowUp: app.selected ? t.json.parent[app.selected] : undefined,
+      ArrowDown: t.children[app.selected][0],
+      ArrowLeft: app.selected && at > 0 ? siblings[at - 1] : undefined,
+      ArrowRight: app.selected && at + 1 < siblings.length ? siblings[at + 1] : undefined,
+    };
+    if (e.key in moves) {
+      e.preventDefault();
+      if (moves[e.key] !== undefined) app.select(moves[e.key]!);
+      return;
+    }
+    if (e.key === "Enter") return app.zoomTo(app.selected);
+  }
   if (e.key === "Escape") app.zoomTo(0);
   if (e.key === "/" && document.activeElement !== $("search")) {
     e.preventDefault();

@@ -106,6 +106,72 @@ try {
     assert.equal(await page.evaluate(() => window.__heapscope.app.zoomNode), 0);
   });
 
+  await check("the top table and the graph select each other", async () => {
+    await page.click("#reset");
+    const row = page.locator("#top tbody tr", { hasText: "timer_leak_demo::after" }).first();
+    await row.click();
+    assert.equal(await page.inputValue("#search"), "^timer_leak_demo::after$", "a row highlights its frames");
+    assert.ok(await page.evaluate(() => window.__heapscope.zoomTo("timer_leak_demo::after")));
+    assert.equal(await page.locator("#top tr.sel td").first().innerText(), "timer_leak_demo::after", "a frame highlights its row");
+    await page.fill("#search", "");
+  });
+
+  await check("keyboard: arrows move the selection, Enter zooms", async () => {
+    await page.click("#reset");
+    await page.locator("body").click({ position: { x: 5, y: 5 } });
+    await page.keyboard.press("ArrowDown");
+    await page.keyboard.press("ArrowDown");
+    const sel = await page.evaluate(() => window.__heapscope.app.selected);
+    assert.equal(await page.evaluate((s) => window.__heapscope.app.tree.path(s).length, sel), 3, "two levels down");
+    await page.keyboard.press("ArrowUp");
+    await page.keyboard.press("Enter");
+    assert.equal(await page.evaluate(() => window.__heapscope.app.tree.path(window.__heapscope.app.zoomNode).length), 2);
+  });
+
+  await check("focus, hide and callers come back from the server", async () => {
+    const whole = await page.evaluate(() => window.__heapscope.app.tree.total(0));
+    await page.evaluate(() => window.__heapscope.zoomTo("timer_leak_demo::after"));
+    await page.click("#callers");
+    await page.waitForFunction(() => window.__heapscope.app.tree.name(1) === "timer_leak_demo::after");
+    assert.match(await page.locator("#status").innerText(), /callers timer_leak_demo::after/);
+    await page.click("#clear");
+    await page.waitForFunction(() => !/callers/.test(document.getElementById("status").innerText));
+    await page.evaluate(() => window.__heapscope.zoomTo("timer_leak_demo::after"));
+    await page.click("#hide");
+    await page.waitForFunction(() => /hide/.test(document.getElementById("status").innerText));
+    assert.equal(await page.evaluate(() => window.__heapscope.app.tree.findByName("timer_leak_demo::after")), undefined);
+    await page.click("#clear");
+    await page.waitForFunction(() => !/hide/.test(document.getElementById("status").innerText));
+    await page.evaluate(() => window.__heapscope.zoomTo("timer_leak_demo::busy_loop::{{closure}}"));
+    await page.click("#focus");
+    await page.waitForFunction(() => /focus/.test(document.getElementById("status").innerText));
+    // Every stack left passes through the focused function.
+    const [root, through] = await page.evaluate(() => {
+      const t = window.__heapscope.app.tree;
+      let through = 0;
+      const visit = (i) => (t.name(i) === "timer_leak_demo::busy_loop::{{closure}}" ? (through += t.total(i)) : t.children[i].forEach(visit));
+      visit(0);
+      return [t.total(0), through];
+    });
+    assert.ok(root > 0 && root === through, `${through} of ${root} passes through busy_loop (unfocused: ${whole})`);
+    await page.click("#clear");
+  });
+
+  await check("pprof files from disk open, and two of them diff", async () => {
+    const heap = Buffer.from(await (await page.request.get(`http://${addr}/debug/pprof/heap`)).body());
+    await new Promise((r) => setTimeout(r, 1500));
+    const later = Buffer.from(await (await page.request.get(`http://${addr}/debug/pprof/heap`)).body());
+    await page.setInputFiles("#files", [
+      { name: "before.pb.gz", mimeType: "application/octet-stream", buffer: heap, lastModified: 1000 },
+      { name: "after.pb.gz", mimeType: "application/octet-stream", buffer: later, lastModified: 2000 },
+    ]);
+    await page.waitForFunction(() => /after\.pb\.gz against before\.pb\.gz/.test(document.getElementById("status").innerText));
+    const [now, base] = await page.evaluate(() => [window.__heapscope.app.tree.total(0), window.__heapscope.app.tree.json.base[0]]);
+    assert.ok(now > base && base > 0, `the leak grew between the files: ${base} -> ${now}`);
+    await page.click("#now");
+    await page.waitForFunction(() => !/pb\.gz/.test(document.getElementById("status").innerText));
+  });
+
   await check("the page is served with a self-only content security policy", async () => {
     const r = await page.request.get(`http://${addr}/debug/pprof/ui/`);
     assert.equal(r.headers()["content-security-policy"], "default-src 'self'");

@@ -49,6 +49,8 @@ pub const DEFAULT_MAX_SECONDS: u64 = 300;
 /// Delta heap profiles that may wait at once, by default.
 pub const DEFAULT_MAX_WAITING: usize = 8;
 const MAX_BODY_BYTES: usize = 1 << 20;
+/// Profiles opened in the UI from disk are posted to the server: they may be large.
+const MAX_UPLOAD_BYTES: usize = 256 << 20;
 
 /// Settings shared by the handlers.
 pub(crate) struct Settings {
@@ -154,7 +156,12 @@ impl Options {
             .route("/debug/pprof/ui/app.js", get(ui::app_js))
             .route("/debug/pprof/ui/style.css", get(ui::style))
             .route("/debug/pprof/ui/api/snapshots", get(ui_api::snapshots))
-            .route("/debug/pprof/ui/api/tree", get(ui_api::tree))
+            .route(
+                "/debug/pprof/ui/api/tree",
+                get(ui_api::tree)
+                    .post(ui_api::tree_of_upload)
+                    .layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)),
+            )
             .route("/debug/pprof/ui/api/growing", get(ui_api::growing))
             .route("/debug/pprof/ui/api/folded", get(ui_api::folded))
             .route(

@@ -30,6 +30,12 @@ const SAMPLE_TYPES: [&str; 4] = [
 /// The parameters the API endpoints share.
 struct ApiQuery {
     sample_type: &'static str,
+    /// The `type` as given, for uploaded profiles whose sample types may be anything.
+    raw_type: Option<String>,
+    focus: Option<regex::Regex>,
+    hide: Option<regex::Regex>,
+    callers: Option<String>,
+    base_bytes: Option<usize>,
     at: Option<u64>,
     base: Option<u64>,
     max_nodes: usize,
@@ -40,6 +46,11 @@ struct ApiQuery {
 fn parse(raw: Option<&str>) -> Result<ApiQuery, ProfileError> {
     let mut q = ApiQuery {
         sample_type: "inuse_space",
+        raw_type: None,
+        focus: None,
+        hide: None,
+        callers: None,
+        base_bytes: None,
         at: None,
         base: None,
         max_nodes: DEFAULT_MAX_NODES,
@@ -56,18 +67,15 @@ fn parse(raw: Option<&str>) -> Result<ApiQuery, ProfileError> {
     for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
         match &*k {
             "type" => {
-                q.sample_type =
-                    SAMPLE_TYPES
-                        .iter()
-                        .find(|t| **t == v)
-                        .copied()
-                        .ok_or_else(|| {
-                            ProfileError::bad_request(format!(
-                                "unknown sample type {v:?}: one of {}",
-                                SAMPLE_TYPES.join(", ")
-                            ))
-                        })?
+                q.raw_type = Some(v.to_string());
+                if let Some(t) = SAMPLE_TYPES.iter().find(|t| **t == v) {
+                    q.sample_type = t;
+                }
             }
+            "focus" if !v.is_empty() => q.focus = Some(regex_param("focus", &v)?),
+            "hide" if !v.is_empty() => q.hide = Some(regex_param("hide", &v)?),
+            "callers" if !v.is_empty() => q.callers = Some(v.into_owned()),
+            "base_bytes" => q.base_bytes = Some(number("base_bytes", &v)? as usize),
             "at" if v != "now" => q.at = Some(number("at", &v)?),
             "base" if !v.is_empty() => q.base = Some(number("base", &v)?),
             "max_nodes" => {
@@ -79,6 +87,43 @@ fn parse(raw: Option<&str>) -> Result<ApiQuery, ProfileError> {
         }
     }
     Ok(q)
+}
+
+fn regex_param(name: &str, v: &str) -> Result<regex::Regex, ProfileError> {
+    regex::RegexBuilder::new(v)
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| {
+            ProfileError::bad_request(format!("invalid regular expression for {name:?}: {e}"))
+        })
+}
+
+/// The sample types the history's profiles have, checked where they matter.
+fn known_type(q: &ApiQuery) -> Result<&'static str, ProfileError> {
+    match &q.raw_type {
+        Some(t) if !SAMPLE_TYPES.contains(&t.as_str()) => Err(ProfileError::bad_request(format!(
+            "unknown sample type {t:?}: one of {}",
+            SAMPLE_TYPES.join(", ")
+        ))),
+        _ => Ok(q.sample_type),
+    }
+}
+
+/// Builds the tree the query asks for: filters, callers view, baseline, cap.
+fn build_tree(
+    q: &ApiQuery,
+    sample_type: &str,
+    current: &Profile,
+    base: Option<&Profile>,
+) -> CallTree {
+    let focus = q.focus.as_ref().map(|r| move |n: &str| r.is_match(n));
+    let hide = q.hide.as_ref().map(|r| move |n: &str| r.is_match(n));
+    let filter = heapscope::TreeFilter {
+        focus: focus.as_ref().map(|f| f as &dyn Fn(&str) -> bool),
+        hide: hide.as_ref().map(|f| f as &dyn Fn(&str) -> bool),
+        callers_of: q.callers.as_deref(),
+    };
+    CallTree::filtered(current, sample_type, base, filter).capped(q.max_nodes)
 }
 
 fn history(s: &Settings) -> Result<&Arc<History>, ProfileError> {
@@ -152,15 +197,82 @@ pub(crate) async fn tree(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ProfileError> {
     let q = parse(q.as_deref())?;
+    known_type(&q)?;
     let current = snapshot_at(&s, q.at)?;
     let base = q.base.map(|id| snapshot_at(&s, Some(id))).transpose()?;
     let body = blocking(move || {
         let p = Profile::heap(&current, HeapView::InUse);
         let b = base.map(|b| Profile::heap(&b, HeapView::InUse));
-        let tree = CallTree::from_profile(&p, q.sample_type, b.as_ref()).capped(q.max_nodes);
+        let tree = build_tree(&q, q.sample_type, &p, b.as_ref());
         tree_json(&tree, q.sample_type, millis(&current), b.is_some())
     })
     .await?;
+    Ok(json_response(body))
+}
+
+/// `POST .../api/tree?type=&base_bytes=&focus=&hide=&callers=&max_nodes=`: the tree of a
+/// profile file the user opened (any pprof file, Go's included), or of two: with `base_bytes=N`
+/// the body's first N bytes are the baseline and the rest the current profile.
+pub(crate) async fn tree_of_upload(
+    RawQuery(q): RawQuery,
+    body: axum::body::Bytes,
+) -> Result<Response, ProfileError> {
+    let q = parse(q.as_deref())?;
+    let split = q.base_bytes.unwrap_or(0);
+    if split > body.len() {
+        return Err(ProfileError::bad_request(format!(
+            "base_bytes is {split} but the body has {} bytes",
+            body.len()
+        )));
+    }
+    let body = blocking(move || -> Result<Value, ProfileError> {
+        let read = |bytes: &[u8], what: &str| {
+            Profile::from_pprof_bytes(bytes).map_err(|e| {
+                ProfileError::bad_request(format!("the {what} profile is not readable: {e}"))
+            })
+        };
+        let current = read(&body[split..], "current")?;
+        let base = if split > 0 {
+            Some(read(&body[..split], "baseline")?)
+        } else {
+            None
+        };
+        // A file's own sample types: the one asked for if it has it, else its default.
+        let sample_type = match &q.raw_type {
+            Some(t) if current.sample_type_index(t).is_some() => t.clone(),
+            Some(t) => {
+                return Err(ProfileError::bad_request(format!(
+                    "the profile has no sample type {t:?}"
+                )))
+            }
+            None => current
+                .default_sample_type
+                .clone()
+                .or_else(|| current.sample_types.last().map(|t| t.r#type.clone()))
+                .ok_or_else(|| ProfileError::bad_request("the profile has no sample types"))?,
+        };
+        let tree = build_tree(&q, &sample_type, &current, base.as_ref());
+        let mut json = tree_json(
+            &tree,
+            &sample_type,
+            (current.time_nanos / 1_000_000).max(0) as u64,
+            base.is_some(),
+        );
+        if let Some(t) = current
+            .sample_types
+            .iter()
+            .find(|t| t.r#type == sample_type)
+        {
+            json["unit"] = Value::from(t.unit.clone());
+        }
+        json["sample_types"] = current
+            .sample_types
+            .iter()
+            .map(|t| Value::from(t.r#type.clone()))
+            .collect();
+        Ok(json)
+    })
+    .await??;
     Ok(json_response(body))
 }
 
@@ -210,6 +322,7 @@ pub(crate) async fn growing(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ProfileError> {
     let q = parse(q.as_deref())?;
+    known_type(&q)?;
     let mut points: Vec<Arc<Snapshot>> =
         history(&s)?.entries().into_iter().map(|(_, s)| s).collect();
     points.push(Arc::new(heapscope::snapshot()));
@@ -325,6 +438,7 @@ pub(crate) async fn folded(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ProfileError> {
     let q = parse(q.as_deref())?;
+    known_type(&q)?;
     let snap = snapshot_at(&s, q.at)?;
     let text = blocking(move || folded_text(&snap, q.sample_type)).await??;
     Ok(plain_text(text))
@@ -337,6 +451,7 @@ pub(crate) async fn flamegraph_svg(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ProfileError> {
     let q = parse(q.as_deref())?;
+    known_type(&q)?;
     let snap = snapshot_at(&s, q.at)?;
     let svg = blocking(move || -> Result<Vec<u8>, ProfileError> {
         let text = folded_text(&snap, q.sample_type)?;

@@ -130,6 +130,95 @@ fn timeline_growing_list_and_trees_follow_a_growing_site() {
     assert_eq!(svg.header("content-type"), Some("image/svg+xml"));
     assert!(svg.text().contains("<svg") && svg.text().contains("grows_steadily"));
 
+    // Focus, hide and the callers view, done by the server.
+    let site = n
+        .iter()
+        .find(|f| f.ends_with("grows_steadily"))
+        .unwrap()
+        .clone();
+    let focused = get_json(
+        addr,
+        &format!("/debug/pprof/ui/api/tree?at={last_id}&focus=grows_steadily"),
+    );
+    let (f_total, all_total) = (
+        focused["total"][0].as_i64().unwrap(),
+        full["total"][0].as_i64().unwrap(),
+    );
+    assert!(
+        f_total > 0 && f_total < all_total,
+        "focus keeps only stacks through the site: {f_total} of {all_total}"
+    );
+    let hidden = get_json(
+        addr,
+        &format!("/debug/pprof/ui/api/tree?at={last_id}&hide=grows_steadily"),
+    );
+    assert!(!names(&hidden).iter().any(|f| f.ends_with("grows_steadily")));
+    assert_eq!(
+        hidden["total"][0], full["total"][0],
+        "hidden frames keep their bytes"
+    );
+    let callers = get_json(
+        addr,
+        &format!("/debug/pprof/ui/api/tree?at={last_id}&callers={site}"),
+    );
+    let c = names(&callers);
+    assert_eq!(c[1], site, "the callers view starts at the function");
+    let parent = callers["parent"].as_array().unwrap();
+    assert!(
+        (2..c.len()).any(|i| parent[i] == 1 && c[i].contains("timeline_growing_list_and_trees")),
+        "its caller, the test, is below it: {c:?}"
+    );
+
+    // Profiles from disk: one file, and two for a diff.
+    let heap = request_to(addr, "GET /debug/pprof/heap HTTP/1.1", b"").body;
+    let one = request_to(addr, "POST /debug/pprof/ui/api/tree HTTP/1.1", &heap);
+    assert_eq!(one.status, 200, "{}", one.text());
+    let one: Value = serde_json::from_slice(&one.body).unwrap();
+    assert_eq!(
+        one["type"], "inuse_space",
+        "a heap file opens on its default type"
+    );
+    assert_eq!(one["sample_types"].as_array().unwrap().len(), 4);
+    let mut two = heap.clone();
+    two.extend_from_slice(&heap);
+    let diff = request_to(
+        addr,
+        &format!(
+            "POST /debug/pprof/ui/api/tree?base_bytes={}&type=alloc_space HTTP/1.1",
+            heap.len()
+        ),
+        &two,
+    );
+    let diff: Value = serde_json::from_slice(&diff.body).unwrap();
+    assert_eq!(
+        (diff["has_base"].as_bool(), diff["type"].as_str()),
+        (Some(true), Some("alloc_space"))
+    );
+    assert_eq!(
+        diff["total"][0], diff["base"][0],
+        "a file against itself has not changed"
+    );
+
+    for (method, path, body, status) in [
+        (
+            "POST",
+            "/debug/pprof/ui/api/tree",
+            &b"not a profile"[..],
+            400,
+        ),
+        (
+            "POST",
+            "/debug/pprof/ui/api/tree?base_bytes=999999",
+            &heap[..],
+            400,
+        ),
+        ("POST", "/debug/pprof/ui/api/tree?type=cpu", &heap[..], 400),
+        ("GET", "/debug/pprof/ui/api/tree?focus=(", &b""[..], 400),
+    ] {
+        let r = request_to(addr, &format!("{method} {path} HTTP/1.1"), body);
+        assert_eq!(r.status, status, "{method} {path}: {}", r.text());
+    }
+
     for (path, status) in [
         ("/debug/pprof/ui/api/tree?type=bogus", 400),
         ("/debug/pprof/ui/api/tree?at=abc", 400),

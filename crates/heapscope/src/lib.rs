@@ -54,7 +54,7 @@ pub use profile::{
 pub use sampler::{sample_rate, set_sample_rate, Sampler};
 pub use snapshot::{snapshot, Snapshot, StackId, StackTotals};
 pub use tables::{stats, Stats, DEFAULT_SAMPLE_RATE};
-pub use tree::{CallTree, TreeNode};
+pub use tree::{CallTree, TreeFilter, TreeNode};
 pub use unwind::{set_unwinder, unwinder, Unwinder};
 
 use std::io::{self, Write};

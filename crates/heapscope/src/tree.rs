@@ -45,11 +45,34 @@ pub struct CallTree {
     pub merged_nodes: usize,
 }
 
+/// Which stacks and frames a tree is built from, as pprof's `-focus` and `-hide` choose them.
+#[derive(Clone, Copy, Default)]
+pub struct TreeFilter<'a> {
+    /// Keep only samples with a frame whose function matches.
+    pub focus: Option<&'a dyn Fn(&str) -> bool>,
+    /// Leave out frames whose function matches (their samples stay, attributed to the caller).
+    pub hide: Option<&'a dyn Fn(&str) -> bool>,
+    /// Build the tree of the callers of this function: each stack through it is cut at its
+    /// outermost call and read upwards, so the first level is the function and the levels below
+    /// are who called it.
+    pub callers_of: Option<&'a str>,
+}
+
 impl CallTree {
     /// The tree of `sample_type` (e.g. `"inuse_space"`) in `profile`, with `base`'s values
     /// alongside when given.
     pub fn from_profile(profile: &Profile, sample_type: &str, base: Option<&Profile>) -> CallTree {
-        let mut b = TreeBuilder::new();
+        Self::filtered(profile, sample_type, base, TreeFilter::default())
+    }
+
+    /// As [`CallTree::from_profile`], with `filter` applied to both profiles.
+    pub fn filtered(
+        profile: &Profile,
+        sample_type: &str,
+        base: Option<&Profile>,
+        filter: TreeFilter<'_>,
+    ) -> CallTree {
+        let mut b = TreeBuilder::new(filter);
         b.add(profile, sample_type, false);
         if let Some(base) = base {
             b.add(base, sample_type, true);
@@ -160,13 +183,14 @@ fn count_subtree(nodes: &[TreeNode], i: usize) -> usize {
         .sum::<usize>()
 }
 
-struct TreeBuilder {
+struct TreeBuilder<'f> {
     nodes: Vec<TreeNode>,
     index: HashMap<(u32, String), u32>,
+    filter: TreeFilter<'f>,
 }
 
-impl TreeBuilder {
-    fn new() -> Self {
+impl<'f> TreeBuilder<'f> {
+    fn new(filter: TreeFilter<'f>) -> Self {
         let root = TreeNode {
             name: "root".into(),
             file: String::new(),
@@ -180,6 +204,7 @@ impl TreeBuilder {
         TreeBuilder {
             nodes: vec![root],
             index: HashMap::new(),
+            filter,
         }
     }
 
@@ -197,13 +222,29 @@ impl TreeBuilder {
                 continue;
             }
             // Root first: locations are leaf first, and so are the lines within a location.
-            let frames = s
+            let mut frames: Vec<&crate::profile::Function> = s
                 .location_ids
                 .iter()
                 .rev()
                 .filter_map(|id| locs.get(id))
                 .flat_map(|l| l.lines.iter().rev())
-                .filter_map(|line| funcs.get(&line.function_id));
+                .filter_map(|line| funcs.get(&line.function_id).copied())
+                .collect();
+            if let Some(focus) = self.filter.focus {
+                if !frames.iter().any(|f| focus(&f.name)) {
+                    continue;
+                }
+            }
+            if let Some(hide) = self.filter.hide {
+                frames.retain(|f| !hide(&f.name));
+            }
+            if let Some(callee) = self.filter.callers_of {
+                let Some(outermost) = frames.iter().position(|f| f.name == callee) else {
+                    continue;
+                };
+                frames.truncate(outermost + 1);
+                frames.reverse();
+            }
             let mut at = 0u32;
             self.bump(at, v, is_base, false);
             let mut last = 0u32;
@@ -391,5 +432,50 @@ mod tests {
         assert_eq!(child_sum + main.self_value, main.total);
         assert!(capped.nodes.iter().any(|n| n.name == "other"));
         assert!(capped.merged_nodes > 100);
+    }
+
+    #[test]
+    fn focus_keeps_only_stacks_through_the_function_and_hide_drops_frames() {
+        let p = profile(&[
+            (&["main", "a", "x"], 10),
+            (&["main", "b"], 5),
+            (&["main", "c", "x"], 3),
+        ]);
+        let is_x = |n: &str| n == "x";
+        let focus = TreeFilter {
+            focus: Some(&is_x),
+            ..Default::default()
+        };
+        assert_eq!(
+            CallTree::filtered(&p, "inuse_space", None, focus).nodes[0].total,
+            13,
+            "b never reaches x"
+        );
+        let is_a = |n: &str| n == "a";
+        let hide = TreeFilter {
+            hide: Some(&is_a),
+            ..Default::default()
+        };
+        let t = CallTree::filtered(&p, "inuse_space", None, hide);
+        assert_eq!(t.nodes[0].total, 18, "hiding a frame keeps its samples");
+        assert!(!t.nodes.iter().any(|n| n.name == "a"));
+        assert_eq!(find(&t, &["main", "x"]).total, 10, "x now hangs off main");
+    }
+
+    #[test]
+    fn callers_of_a_function_read_upwards_from_it() {
+        let p = profile(&[
+            (&["main", "a", "x", "leaf"], 10),
+            (&["main", "c", "x"], 3),
+            (&["main", "b"], 5),
+        ]);
+        let callers = TreeFilter {
+            callers_of: Some("x"),
+            ..Default::default()
+        };
+        let t = CallTree::filtered(&p, "inuse_space", None, callers);
+        assert_eq!(t.nodes[0].total, 13);
+        assert_eq!(find(&t, &["x", "a", "main"]).total, 10);
+        assert_eq!(find(&t, &["x", "c", "main"]).total, 3);
     }
 }
