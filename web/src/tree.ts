@@ -33,9 +33,11 @@ export class Tree {
     this.depth = new Int32Array(n);
     this.children = Array.from({ length: n }, () => []);
     for (let i = 1; i < n; i++) this.children[json.parent[i]].push(i);
+    // The columnar format carries parents only: order each node's children largest first.
+    for (const c of this.children) if (c.length > 1) c.sort((a, b) => json.total[b] - json.total[a]);
     let maxDepth = 0;
-    // Parents come before children, and each parent's children are placed left to right in
-    // the order the server sent them (largest first).
+    // Parents come before children; each parent's children are placed left to right, largest
+    // first.
     for (let i = 0; i < n; i++) {
       let x = this.start[i];
       for (const c of this.children[i]) {

@@ -95,3 +95,14 @@ test("a long ancestor path is cut to the root and the nearest ancestors", () => 
   const rects = layout(t, 9, 100, 1, 4);
   assert.deepEqual(rects.map((r) => [r.node, r.row]), [[0, 0], [7, 1], [8, 2], [9, 3]]);
 });
+
+test("children are ordered largest first whatever their order in the arrays", () => {
+  const t = new Tree({
+    type: "inuse_space", unit: "bytes", time_ms: 0, has_base: false, merged_nodes: 0,
+    strings: ["root", "", "small", "big"], name: [0, 2, 3], file: [1, 1, 1], parent: [0, 0, 0],
+    self: [0, 10, 90], total: [100, 10, 90], base: [0, 0, 0], in_base: [false, false, false],
+  });
+  assert.deepEqual(t.children[0], [2, 1]);
+  assert.equal(t.start[2], 0, "the big one is on the left");
+  assert.equal(t.start[1], 90);
+});
