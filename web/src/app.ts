@@ -434,7 +434,7 @@ class App {
     const root = Math.max(1, t.total(0));
     const lines = [
       t.name(i),
-      t.file(i) || "",
+      t.where(i),
       `total ${formatValue(t.total(i), unit)} (${((t.total(i) / root) * 100).toFixed(1)}%), self ${formatValue(t.json.self[i], unit)}`,
     ];
     if (t.json.has_base) lines.push(changeText({ total: t.total(i), base: t.json.base[i], inBase: t.json.in_base[i] }, unit));

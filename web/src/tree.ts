@@ -12,6 +12,7 @@ export interface TreeJson {
   strings: string[];
   name: number[];
   file: number[];
+  line: number[];
   parent: number[];
   self: number[];
   total: number[];
@@ -56,6 +57,13 @@ export class Tree {
 
   file(i: number): string {
     return this.json.strings[this.json.file[i]];
+  }
+
+  /** "file:line" of the node, or "" when the file is unknown. */
+  where(i: number): string {
+    const file = this.file(i);
+    const line = this.json.line?.[i] ?? 0;
+    return file ? (line > 0 ? `${file}:${line}` : file) : "";
   }
 
   total(i: number): number {

@@ -82,6 +82,23 @@ try {
     assert.ok(r > 180 && g < 120 && b < 120, `after is drawn in rgb(${r}, ${g}, ${b}), not red`);
   });
 
+  await check("hovering a frame shows its name, file:line, values and change", async () => {
+    await page.click("#reset");
+    assert.ok(await page.evaluate(() => window.__heapscope.zoomTo("timer_leak_demo::after")));
+    const [x, y] = await page.evaluate(() => {
+      const app = window.__heapscope.app;
+      const r = app.rects.find((q) => q.node === app.zoomNode);
+      const box = app.canvas.getBoundingClientRect();
+      return [box.left + r.x + r.w / 2, box.top + r.row * 18 + 9];
+    });
+    await page.mouse.move(x, y);
+    const tip = await page.locator("#tip").innerText();
+    assert.match(tip, /^timer_leak_demo::after\n.*demo\/src\/lib\.rs:\d+\n/, tip);
+    assert.match(tip, /total .*\(\d+\.\d%\), self /, tip);
+    assert.match(tip, / → .*\(\+.*, \+\d+%\)/, tip);
+    await page.mouse.move(0, 0);
+  });
+
   await check("search reports the share it matches", async () => {
     await page.fill("#search", "timer_leak_demo::after");
     await page.waitForFunction(() => /matches/.test(document.getElementById("searchinfo").textContent));

@@ -307,6 +307,7 @@ fn tree_json(tree: &CallTree, sample_type: &str, time_ms: u64, has_base: bool) -
         "strings": strings,
         "name": name,
         "file": file,
+        "line": tree.nodes.iter().map(|n| n.line).collect::<Vec<_>>(),
         "parent": tree.nodes.iter().map(|n| n.parent).collect::<Vec<_>>(),
         "self": tree.nodes.iter().map(|n| n.self_value).collect::<Vec<_>>(),
         "total": tree.nodes.iter().map(|n| n.total).collect::<Vec<_>>(),

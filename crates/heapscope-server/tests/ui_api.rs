@@ -252,3 +252,79 @@ fn without_history_the_timeline_says_so() {
     );
     assert_eq!(r.status, 200, "the current heap needs no history");
 }
+
+/// A heap profile written by a Go program (`runtime/pprof`), opened as a file from disk.
+#[test]
+fn a_heap_profile_written_by_go_opens() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-heap");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("main.go"),
+        r#"package main
+
+import (
+	"os"
+	"runtime"
+	"runtime/pprof"
+)
+
+var keep [][]byte
+
+func grow() {
+	for i := 0; i < 64; i++ {
+		keep = append(keep, make([]byte, 1<<20))
+	}
+}
+
+func main() {
+	runtime.MemProfileRate = 4096
+	grow()
+	runtime.GC()
+	f, err := os.Create(os.Args[1])
+	if err != nil {
+		panic(err)
+	}
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		panic(err)
+	}
+	f.Close()
+}
+"#,
+    )
+    .unwrap();
+    let out = dir.join("go-heap.pb.gz");
+    let status = std::process::Command::new("go")
+        .args(["run", "main.go"])
+        .arg(&out)
+        .current_dir(&dir)
+        .env("GO111MODULE", "off")
+        .env("GOCACHE", dir.join("cache"))
+        .env("GOPATH", dir.join("gopath"))
+        .status()
+        .expect("`go` not found: the README's test command installs golang-go");
+    assert!(status.success());
+    let go_profile = std::fs::read(&out).unwrap();
+
+    let server = heapscope_server::Options::new()
+        .without_history()
+        .spawn("127.0.0.1:0")
+        .unwrap();
+    let r = request_to(
+        server.local_addr(),
+        "POST /debug/pprof/ui/api/tree HTTP/1.1",
+        &go_profile,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let tree: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        tree["type"], "inuse_space",
+        "Go's heap profile opens on in-use bytes"
+    );
+    let n = names(&tree);
+    let grow = n
+        .iter()
+        .position(|f| f == "main.grow")
+        .unwrap_or_else(|| panic!("{n:?}"));
+    let held = tree["total"][grow].as_i64().unwrap();
+    assert!(held >= 60 << 20, "main.grow holds its 64 MiB ({held} B)");
+}

@@ -23,6 +23,9 @@ pub struct TreeNode {
     pub name: String,
     /// The function's source file, when known.
     pub file: String,
+    /// The source line of the first stack that reached this node (0 when unknown). A node
+    /// stands for a function on one path, which may be several lines of it.
+    pub line: i64,
     /// Index of the parent node; the root is its own parent.
     pub parent: u32,
     /// Value of samples whose stack ends here.
@@ -147,6 +150,7 @@ impl CallTree {
                 out.nodes.push(TreeNode {
                     name: "other".into(),
                     file: String::new(),
+                    line: 0,
                     parent: ni,
                     self_value: other_total,
                     total: other_total,
@@ -194,6 +198,7 @@ impl<'f> TreeBuilder<'f> {
         let root = TreeNode {
             name: "root".into(),
             file: String::new(),
+            line: 0,
             parent: 0,
             self_value: 0,
             total: 0,
@@ -222,24 +227,24 @@ impl<'f> TreeBuilder<'f> {
                 continue;
             }
             // Root first: locations are leaf first, and so are the lines within a location.
-            let mut frames: Vec<&crate::profile::Function> = s
+            let mut frames: Vec<(&crate::profile::Function, i64)> = s
                 .location_ids
                 .iter()
                 .rev()
                 .filter_map(|id| locs.get(id))
                 .flat_map(|l| l.lines.iter().rev())
-                .filter_map(|line| funcs.get(&line.function_id).copied())
+                .filter_map(|line| funcs.get(&line.function_id).map(|f| (*f, line.line)))
                 .collect();
             if let Some(focus) = self.filter.focus {
-                if !frames.iter().any(|f| focus(&f.name)) {
+                if !frames.iter().any(|(f, _)| focus(&f.name)) {
                     continue;
                 }
             }
             if let Some(hide) = self.filter.hide {
-                frames.retain(|f| !hide(&f.name));
+                frames.retain(|(f, _)| !hide(&f.name));
             }
             if let Some(callee) = self.filter.callers_of {
-                let Some(outermost) = frames.iter().position(|f| f.name == callee) else {
+                let Some(outermost) = frames.iter().position(|(f, _)| f.name == callee) else {
                     continue;
                 };
                 frames.truncate(outermost + 1);
@@ -248,8 +253,8 @@ impl<'f> TreeBuilder<'f> {
             let mut at = 0u32;
             self.bump(at, v, is_base, false);
             let mut last = 0u32;
-            for f in frames {
-                at = self.child(at, &f.name, &f.filename);
+            for (f, line) in frames {
+                at = self.child(at, &f.name, &f.filename, line);
                 self.bump(at, v, is_base, false);
                 last = at;
             }
@@ -257,7 +262,7 @@ impl<'f> TreeBuilder<'f> {
         }
     }
 
-    fn child(&mut self, parent: u32, name: &str, file: &str) -> u32 {
+    fn child(&mut self, parent: u32, name: &str, file: &str, line: i64) -> u32 {
         if let Some(&i) = self.index.get(&(parent, name.to_string())) {
             return i;
         }
@@ -265,6 +270,7 @@ impl<'f> TreeBuilder<'f> {
         self.nodes.push(TreeNode {
             name: name.to_string(),
             file: file.to_string(),
+            line,
             parent,
             self_value: 0,
             total: 0,
