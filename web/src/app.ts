@@ -117,6 +117,7 @@ class App {
     $<HTMLSelectElement>("type").value = this.state.type;
     $<HTMLSelectElement>("palette").value = this.state.palette;
     $<HTMLInputElement>("search").value = this.state.search;
+    $<HTMLInputElement>("noise").value = String(+(this.state.noise * 100).toFixed(3));
     this.compileSearch();
     this.drawTimeline();
     await Promise.all([this.loadTree(), this.loadGrowing()]);
@@ -264,6 +265,7 @@ class App {
       tr.addEventListener("click", () => {
         this.state.search = exactly(r.name);
         $<HTMLInputElement>("search").value = this.state.search;
+    $<HTMLInputElement>("noise").value = String(+(this.state.noise * 100).toFixed(3));
         this.compileSearch();
         writeState(this.state);
         this.draw();
@@ -501,6 +503,13 @@ $("palette").addEventListener("change", (e) => {
 $("search").addEventListener("input", (e) => {
   app.state.search = (e.target as HTMLInputElement).value;
   app.compileSearch();
+  writeState(app.state);
+  app.draw();
+});
+$("noise").addEventListener("input", (e) => {
+  const pct = Number((e.target as HTMLInputElement).value);
+  if (!Number.isFinite(pct) || pct < 0) return;
+  app.state.noise = pct / 100;
   writeState(app.state);
   app.draw();
 });

@@ -99,6 +99,15 @@ try {
     await page.mouse.move(0, 0);
   });
 
+  await check("the noise threshold greys out small changes", async () => {
+    assert.ok(await page.evaluate(() => window.__heapscope.zoomTo("timer_leak_demo::after")));
+    await page.fill("#noise", "100");
+    assert.equal(await page.evaluate(() => window.__heapscope.colorOf("timer_leak_demo::after")), "#d4d4d8", "under a 100% threshold nothing has changed");
+    assert.match(await page.evaluate(() => location.hash), /noise=1/);
+    await page.fill("#noise", "0.1");
+    assert.match(await page.evaluate(() => window.__heapscope.colorOf("timer_leak_demo::after")), /^rgb\(2\d\d, /, "red again");
+  });
+
   await check("search reports the share it matches", async () => {
     await page.fill("#search", "timer_leak_demo::after");
     await page.waitForFunction(() => /matches/.test(document.getElementById("searchinfo").textContent));
