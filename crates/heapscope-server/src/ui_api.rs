@@ -98,14 +98,16 @@ fn regex_param(name: &str, v: &str) -> Result<regex::Regex, ProfileError> {
         })
 }
 
-/// The sample types the history's profiles have, checked where they matter.
-fn known_type(q: &ApiQuery) -> Result<&'static str, ProfileError> {
+/// The query of an endpoint that reads heapscope's own snapshots, whose sample types are the
+/// four heap types: any other `type` is an error.
+fn history_query(raw: Option<&str>) -> Result<ApiQuery, ProfileError> {
+    let q = parse(raw)?;
     match &q.raw_type {
         Some(t) if !SAMPLE_TYPES.contains(&t.as_str()) => Err(ProfileError::bad_request(format!(
             "unknown sample type {t:?}: one of {}",
             SAMPLE_TYPES.join(", ")
         ))),
-        _ => Ok(q.sample_type),
+        _ => Ok(q),
     }
 }
 
@@ -196,8 +198,7 @@ pub(crate) async fn tree(
     State(s): State<Arc<Settings>>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ProfileError> {
-    let q = parse(q.as_deref())?;
-    known_type(&q)?;
+    let q = history_query(q.as_deref())?;
     let current = snapshot_at(&s, q.at)?;
     let base = q.base.map(|id| snapshot_at(&s, Some(id))).transpose()?;
     let body = blocking(move || {
@@ -322,8 +323,7 @@ pub(crate) async fn growing(
     State(s): State<Arc<Settings>>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ProfileError> {
-    let q = parse(q.as_deref())?;
-    known_type(&q)?;
+    let q = history_query(q.as_deref())?;
     let mut points: Vec<Arc<Snapshot>> =
         history(&s)?.entries().into_iter().map(|(_, s)| s).collect();
     points.push(Arc::new(heapscope::snapshot()));
@@ -438,8 +438,7 @@ pub(crate) async fn folded(
     State(s): State<Arc<Settings>>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ProfileError> {
-    let q = parse(q.as_deref())?;
-    known_type(&q)?;
+    let q = history_query(q.as_deref())?;
     let snap = snapshot_at(&s, q.at)?;
     let text = blocking(move || folded_text(&snap, q.sample_type)).await??;
     Ok(plain_text(text))
@@ -451,8 +450,7 @@ pub(crate) async fn flamegraph_svg(
     State(s): State<Arc<Settings>>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ProfileError> {
-    let q = parse(q.as_deref())?;
-    known_type(&q)?;
+    let q = history_query(q.as_deref())?;
     let snap = snapshot_at(&s, q.at)?;
     let svg = blocking(move || -> Result<Vec<u8>, ProfileError> {
         let text = folded_text(&snap, q.sample_type)?;

@@ -144,9 +144,27 @@ fn timeline_growing_list_and_trees_follow_a_growing_site() {
         focused["total"][0].as_i64().unwrap(),
         full["total"][0].as_i64().unwrap(),
     );
+    // Focus keeps exactly the stacks through the site: all of the focused tree is under it.
+    let f_names = names(&focused);
+    let f_parent = focused["parent"].as_array().unwrap();
+    let through: i64 = (1..f_names.len())
+        .filter(|&i| f_names[i].ends_with("grows_steadily"))
+        .filter(|&i| {
+            let mut p = f_parent[i].as_u64().unwrap() as usize;
+            while p != 0 && !f_names[p].ends_with("grows_steadily") {
+                p = f_parent[p].as_u64().unwrap() as usize;
+            }
+            p == 0
+        })
+        .map(|i| focused["total"][i].as_i64().unwrap())
+        .sum();
     assert!(
-        f_total > 0 && f_total < all_total,
-        "focus keeps only stacks through the site: {f_total} of {all_total}"
+        f_total > 0 && f_total <= all_total,
+        "focus: {f_total} of {all_total}"
+    );
+    assert_eq!(
+        through, f_total,
+        "everything kept by focus passes through the site"
     );
     let hidden = get_json(
         addr,
