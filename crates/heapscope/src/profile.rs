@@ -126,7 +126,7 @@ pub const PLUMBING_FRAMES: &str = concat!(
 /// Whether a function is part of the allocation path rather than the code that allocates.
 /// The same rule as [`PLUMBING_FRAMES`].
 pub fn is_plumbing(function: &str) -> bool {
-    const PREFIXES: [&str; 14] = [
+    const PREFIXES: [&str; 13] = [
         "heapscope::",
         "__rustc::",
         "<heapscope::",
@@ -140,10 +140,10 @@ pub fn is_plumbing(function: &str) -> bool {
         "core::alloc::",
         "std::alloc::",
         "<std::alloc::",
-        "<",
     ];
-    PREFIXES[..13].iter().any(|p| function.starts_with(p))
-        || (function.starts_with(PREFIXES[13]) && function.contains(" as core::alloc::"))
+    // Any allocator's trait methods: `<tikv_jemallocator::Jemalloc as core::alloc::...>::alloc`.
+    let allocator_impl = function.starts_with('<') && function.contains(" as core::alloc::");
+    allocator_impl || PREFIXES.iter().any(|p| function.starts_with(p))
 }
 
 /// The four sample types of a heap profile, in the order Go writes them.
@@ -487,28 +487,41 @@ impl<'s> Builder<'s> {
 mod tests {
     use super::*;
 
+    const PLUMBING: [&str; 10] = [
+        "heapscope::sampler::Sampler<A>::alloc_sampled",
+        "<heapscope::sampler::Sampler<std::alloc::System> as core::alloc::global::GlobalAlloc>::alloc",
+        "__rust_alloc",
+        "__rustc::__rust_alloc",
+        "__rdl_alloc",
+        "alloc::alloc::exchange_malloc",
+        "<alloc::alloc::Global as core::alloc::Allocator>::allocate",
+        "alloc::raw_vec::RawVecInner<A>::try_allocate_in",
+        "<std::alloc::System as core::alloc::global::GlobalAlloc>::alloc",
+        "<tikv_jemallocator::Jemalloc as core::alloc::global::GlobalAlloc>::alloc",
+    ];
+    const USER_CODE: [&str; 5] = [
+        "main",
+        "myapp::cache::insert",
+        "alloc::vec::Vec<T,A>::with_capacity",
+        "<myapp::Foo as core::clone::Clone>::clone",
+        "heapscope_server::handler",
+    ];
+
+    #[test]
+    fn drop_frames_in_profiles_states_the_same_rule_as_our_trimming() {
+        // pprof matches drop_frames against whole function names.
+        let re = regex::Regex::new(&format!("^(?:{PLUMBING_FRAMES})$")).unwrap();
+        for f in PLUMBING.iter().chain(&USER_CODE) {
+            assert_eq!(re.is_match(f), is_plumbing(f), "{f}");
+        }
+    }
+
     #[test]
     fn plumbing_is_recognised_and_user_code_is_not() {
-        for f in [
-            "heapscope::sampler::Sampler<A>::alloc_sampled",
-            "<heapscope::sampler::Sampler<std::alloc::System> as core::alloc::global::GlobalAlloc>::alloc",
-            "__rust_alloc",
-            "__rustc::__rust_alloc",
-            "__rdl_alloc",
-            "alloc::alloc::exchange_malloc",
-            "<alloc::alloc::Global as core::alloc::Allocator>::allocate",
-            "alloc::raw_vec::RawVecInner<A>::try_allocate_in",
-            "<std::alloc::System as core::alloc::global::GlobalAlloc>::alloc",
-        ] {
+        for f in PLUMBING {
             assert!(is_plumbing(f), "{f}");
         }
-        for f in [
-            "main",
-            "myapp::cache::insert",
-            "alloc::vec::Vec<T,A>::with_capacity",
-            "<myapp::Foo as core::clone::Clone>::clone",
-            "heapscope_server::handler",
-        ] {
+        for f in USER_CODE {
             assert!(!is_plumbing(f), "{f}");
         }
     }

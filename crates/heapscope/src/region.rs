@@ -149,19 +149,22 @@ pub(crate) fn alloc(size: usize, align: usize) -> Option<Slot> {
     })
 }
 
-/// The metadata record of a slot of the region, and its class's slot size.
-pub(crate) fn slot_of(ptr: *mut u8) -> (&'static SlotMeta, usize) {
+/// The class and slot index of a pointer for which [`contains`] is true.
+fn locate(ptr: *mut u8) -> (usize, u32) {
     let offset = (ptr as usize).wrapping_sub(BASE.load(Ordering::Relaxed));
     let class = offset / SPAN;
-    let index = ((offset % SPAN) / slot_size(class)) as u32;
-    (meta_ptr(class, index), slot_size(class))
+    (class, ((offset % SPAN) / slot_size(class)) as u32)
+}
+
+/// The metadata record of a slot of the region.
+pub(crate) fn slot_of(ptr: *mut u8) -> &'static SlotMeta {
+    let (class, index) = locate(ptr);
+    meta_ptr(class, index)
 }
 
 /// Returns a slot to its class's free list.
 pub(crate) fn free(ptr: *mut u8) {
-    let offset = (ptr as usize).wrapping_sub(BASE.load(Ordering::Relaxed));
-    let class = offset / SPAN;
-    let index = ((offset % SPAN) / slot_size(class)) as u32;
+    let (class, index) = locate(ptr);
     let c = &CLASSES[class];
     let meta = meta_ptr(class, index);
     let mut head = c.free_head.load(Ordering::Relaxed);

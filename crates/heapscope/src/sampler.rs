@@ -144,7 +144,7 @@ fn decide(size: usize) -> Option<u64> {
             }
             return None;
         }
-        let mut rng = if t.rng.get() == 0 {
+        if t.rng.get() == 0 {
             // First allocation on this thread: place its first sample point, then see whether
             // this allocation already reaches it.
             let mut rng = seed(t);
@@ -154,10 +154,8 @@ fn decide(size: usize) -> Option<u64> {
             if left >= 0 || rate == 0 {
                 return None;
             }
-            Rng::new(t.rng.get())
-        } else {
-            Rng::new(t.rng.get())
-        };
+        }
+        let mut rng = Rng::new(t.rng.get());
         let next = next_countdown(&mut rng, rate);
         t.rng.set(rng.next_u64() | 1);
         t.countdown.set(next);
@@ -286,7 +284,7 @@ impl<A: GlobalAlloc> Sampler<A> {
     #[inline(never)]
     unsafe fn dealloc_slow(&self, ptr: *mut u8, layout: Layout) {
         if region::contains(ptr) {
-            let (meta, _) = region::slot_of(ptr);
+            let meta = region::slot_of(ptr);
             let stack = meta.stack_or_next.load(Ordering::Relaxed);
             let size = meta.size.load(Ordering::Relaxed) as usize;
             record_free(stack, size, meta.weight_fx.load(Ordering::Relaxed));
