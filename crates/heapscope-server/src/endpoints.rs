@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use heapscope::{HeapView, Profile};
+use heapscope::{HeapView, Profile, Snapshot};
 use std::sync::Arc;
 
 /// A successful profile download.
@@ -57,6 +57,13 @@ pub(crate) async fn blocking<T: Send + 'static>(
     })
 }
 
+/// A snapshot from the server's source, taken off the async workers: a source may block while
+/// another profiler writes its data out.
+pub(crate) async fn take_snapshot(s: &Settings) -> Result<Snapshot, ProfileError> {
+    let source = s.source.clone();
+    Ok(blocking(move || source.snapshot()).await??)
+}
+
 pub(crate) async fn heap(
     State(s): State<Arc<Settings>>,
     RawQuery(q): RawQuery,
@@ -90,14 +97,14 @@ async fn heap_profile(
                 "too many delta profiles in progress; try again later",
             )
         })?;
-        let before = heapscope::snapshot();
+        let before = take_snapshot(s).await?;
         // Dropped, and so cancelled, when the client goes away.
         tokio::time::sleep(wait).await;
-        let delta = heapscope::snapshot().delta(&before);
+        let delta = take_snapshot(s).await?.delta(&before);
         let body = blocking(move || Profile::heap(&delta, view).to_pprof_bytes()).await?;
         return Ok(attachment(body, &format!("{name}-delta")));
     }
-    let snapshot = heapscope::snapshot();
+    let snapshot = take_snapshot(s).await?;
     if q.debug != 0 {
         let text = blocking(move || {
             let mut out = Vec::new();
@@ -111,8 +118,8 @@ async fn heap_profile(
     Ok(attachment(body, name))
 }
 
-pub(crate) async fn index() -> Response {
-    let mut r = Html(INDEX).into_response();
+pub(crate) async fn index(State(s): State<Arc<Settings>>) -> Response {
+    let mut r = Html(INDEX.replace("SOURCE", &html_escape(s.source.name()))).into_response();
     r.headers_mut().insert(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
@@ -125,7 +132,7 @@ const INDEX: &str = r#"<!doctype html>
 <head><meta charset="utf-8"><title>/debug/pprof/</title></head>
 <body>
 <h1>/debug/pprof/</h1>
-<p>Profiles of this process, recorded by heapscope. Open one with <code>go tool pprof</code>,
+<p>Profiles of this process; heap profiles from the SOURCE. Open one with <code>go tool pprof</code>,
 for example <code>go tool pprof -http=:8081 http://HOST/debug/pprof/heap</code>.
 Add <code>debug=1</code> for the legacy text format, <code>seconds=N</code> for what changed over N seconds.</p>
 <p><a href="ui/"><strong>Open the web UI</strong></a>: flame graphs of the heap, growth in red.</p>
@@ -140,6 +147,12 @@ Add <code>debug=1</code> for the legacy text format, <code>seconds=N</code> for 
 </body>
 </html>
 "#;
+
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
 
 pub(crate) async fn cmdline() -> Response {
     plain_text(

@@ -3,6 +3,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use heapscope::{SourceError, SourceErrorKind};
 
 /// A profiling error: an HTTP status and a message for the person or tool that asked.
 #[derive(Debug)]
@@ -20,6 +21,19 @@ impl ProfileError {
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+/// A source that is not there (jemalloc without `prof:true`) is `501 Not Implemented`: this
+/// process cannot serve heap profiles until it is restarted differently, and retrying will not
+/// help. A source that failed is `500`.
+impl From<SourceError> for ProfileError {
+    fn from(e: SourceError) -> Self {
+        let status = match e.kind {
+            SourceErrorKind::NotEnabled => StatusCode::NOT_IMPLEMENTED,
+            SourceErrorKind::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ProfileError::new(status, e.message)
     }
 }
 

@@ -5,7 +5,7 @@
 //! Snapshots are cheap (counters, no symbols), and they are taken on a thread of the history's
 //! own, so a busy or stalled async runtime does not leave gaps.
 
-use heapscope::Snapshot;
+use heapscope::{Snapshot, SnapshotSource};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -22,6 +22,7 @@ pub(crate) struct Entry {
 }
 
 pub(crate) struct History {
+    source: Arc<dyn SnapshotSource>,
     pub(crate) interval: Duration,
     pub(crate) capacity: usize,
     max_bytes: usize,
@@ -32,6 +33,8 @@ struct Inner {
     entries: VecDeque<Entry>,
     bytes: usize,
     next_id: u64,
+    /// Why the last snapshot could not be taken, if it could not.
+    last_error: Option<String>,
 }
 
 fn size_of(s: &Snapshot) -> usize {
@@ -41,8 +44,14 @@ fn size_of(s: &Snapshot) -> usize {
 
 impl History {
     /// A history that records on a thread of its own until the last handle is dropped.
-    pub(crate) fn start(interval: Duration, capacity: usize, max_bytes: usize) -> Arc<History> {
+    pub(crate) fn start(
+        source: Arc<dyn SnapshotSource>,
+        interval: Duration,
+        capacity: usize,
+        max_bytes: usize,
+    ) -> Arc<History> {
         let h = Arc::new(History {
+            source,
             interval,
             capacity: capacity.max(2),
             max_bytes,
@@ -50,6 +59,7 @@ impl History {
                 entries: VecDeque::new(),
                 bytes: 0,
                 next_id: 1,
+                last_error: None,
             }),
         });
         h.record();
@@ -68,11 +78,20 @@ impl History {
         h
     }
 
-    /// Takes a snapshot now and adds it, dropping the oldest beyond the bounds.
-    pub(crate) fn record(&self) -> u64 {
-        let snapshot = Arc::new(heapscope::snapshot());
-        let size = size_of(&snapshot);
+    /// Takes a snapshot now and adds it, dropping the oldest beyond the bounds. If the source
+    /// fails, nothing is added and the error is kept for [`History::last_error`].
+    pub(crate) fn record(&self) -> Option<u64> {
+        let taken = self.source.snapshot();
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let snapshot = match taken {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                inner.last_error = Some(e.message);
+                return None;
+            }
+        };
+        inner.last_error = None;
+        let size = size_of(&snapshot);
         let id = inner.next_id;
         inner.next_id += 1;
         inner.bytes += size;
@@ -84,7 +103,13 @@ impl History {
                 inner.bytes -= size_of(&old.snapshot);
             }
         }
-        id
+        Some(id)
+    }
+
+    /// Why the last snapshot failed, if it did.
+    pub(crate) fn last_error(&self) -> Option<String> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.last_error.clone()
     }
 
     /// The snapshots held, oldest first.
@@ -115,10 +140,16 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use heapscope::SamplerSource;
 
     #[test]
     fn keeps_at_most_capacity_snapshots_newest_last() {
-        let h = History::start(Duration::from_secs(3600), 3, usize::MAX);
+        let h = History::start(
+            Arc::new(SamplerSource),
+            Duration::from_secs(3600),
+            3,
+            usize::MAX,
+        );
         for _ in 0..5 {
             h.record();
         }
@@ -129,7 +160,7 @@ mod tests {
 
     #[test]
     fn memory_bound_drops_the_oldest_but_keeps_the_newest() {
-        let h = History::start(Duration::from_secs(3600), 100, 1);
+        let h = History::start(Arc::new(SamplerSource), Duration::from_secs(3600), 100, 1);
         h.record();
         h.record();
         assert_eq!(

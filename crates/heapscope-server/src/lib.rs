@@ -43,6 +43,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
+pub use heapscope::SnapshotSource;
+
 /// The largest `seconds` a request may ask for, by default (as Go allows up to the server's
 /// write timeout).
 pub const DEFAULT_MAX_SECONDS: u64 = 300;
@@ -54,6 +56,7 @@ const MAX_UPLOAD_BYTES: usize = 256 << 20;
 
 /// Settings shared by the handlers.
 pub(crate) struct Settings {
+    pub(crate) source: Arc<dyn SnapshotSource>,
     pub(crate) max_seconds: Duration,
     pub(crate) waits: Arc<Semaphore>,
     pub(crate) history: Option<Arc<history::History>>,
@@ -69,8 +72,9 @@ pub(crate) struct Settings {
 ///     .router();
 /// # let _: axum::Router = app;
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Options {
+    source: Arc<dyn SnapshotSource>,
     max_seconds: u64,
     max_waiting: usize,
     bearer_token: Option<String>,
@@ -80,6 +84,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
+            source: Arc::new(heapscope::SamplerSource),
             max_seconds: DEFAULT_MAX_SECONDS,
             max_waiting: DEFAULT_MAX_WAITING,
             bearer_token: None,
@@ -92,9 +97,28 @@ impl Default for Options {
     }
 }
 
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("source", &self.source.name())
+            .field("max_seconds", &self.max_seconds)
+            .field("max_waiting", &self.max_waiting)
+            .field("bearer_token", &self.bearer_token.as_ref().map(|_| "<set>"))
+            .field("history", &self.history_settings)
+            .finish()
+    }
+}
+
 impl Options {
     pub fn new() -> Options {
         Options::default()
+    }
+
+    /// Where heap snapshots come from. Default: heapscope's own sampler
+    /// ([`heapscope::SamplerSource`]); `heapscope-jemalloc` provides jemalloc's profiler.
+    pub fn source(mut self, source: impl SnapshotSource + 'static) -> Options {
+        self.source = Arc::new(source);
+        self
     }
 
     /// Requests must carry `Authorization: Bearer <token>`; others get `401`.
@@ -133,11 +157,13 @@ impl Options {
     /// The endpoints, under `/debug/pprof/`, to merge into an application's router or wrap in
     /// any tower layer. Starts the snapshot history's thread, if history is on.
     pub fn router(self) -> Router {
+        let source = self.source;
         let settings = Arc::new(Settings {
+            source: source.clone(),
             max_seconds: Duration::from_secs(self.max_seconds),
             waits: Arc::new(Semaphore::new(self.max_waiting)),
             history: self.history_settings.map(|(interval, capacity, bytes)| {
-                history::History::start(interval, capacity, bytes)
+                history::History::start(source, interval, capacity, bytes)
             }),
             bearer_token: self.bearer_token,
         });

@@ -5,7 +5,7 @@
 //! Aggregation, diffing and capping happen here, on the server, so the browser receives a tree
 //! of at most `max_nodes` nodes (16,000 by default) whatever the size of the profile.
 
-use crate::endpoints::{blocking, plain_text};
+use crate::endpoints::{blocking, plain_text, take_snapshot};
 use crate::error::ProfileError;
 use crate::history::History;
 use crate::Settings;
@@ -137,9 +137,9 @@ fn history(s: &Settings) -> Result<&Arc<History>, ProfileError> {
     })
 }
 
-fn snapshot_at(s: &Settings, id: Option<u64>) -> Result<Arc<Snapshot>, ProfileError> {
+async fn snapshot_at(s: &Settings, id: Option<u64>) -> Result<Arc<Snapshot>, ProfileError> {
     match id {
-        None => Ok(Arc::new(heapscope::snapshot())),
+        None => Ok(Arc::new(take_snapshot(s).await?)),
         Some(id) => history(s)?.get(id).ok_or_else(|| {
             ProfileError::new(
                 StatusCode::NOT_FOUND,
@@ -189,6 +189,8 @@ pub(crate) async fn snapshots(State(s): State<Arc<Settings>>) -> Result<Response
         "interval_ms": h.interval.as_millis() as u64,
         "capacity": h.capacity,
         "bytes": h.bytes(),
+        "source": s.source.name(),
+        "error": h.last_error(),
         "snapshots": list,
     })))
 }
@@ -199,8 +201,11 @@ pub(crate) async fn tree(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ProfileError> {
     let q = history_query(q.as_deref())?;
-    let current = snapshot_at(&s, q.at)?;
-    let base = q.base.map(|id| snapshot_at(&s, Some(id))).transpose()?;
+    let current = snapshot_at(&s, q.at).await?;
+    let base = match q.base {
+        Some(id) => Some(snapshot_at(&s, Some(id)).await?),
+        None => None,
+    };
     let body = blocking(move || {
         let p = Profile::heap(&current, HeapView::InUse);
         let b = base.map(|b| Profile::heap(&b, HeapView::InUse));
@@ -326,7 +331,7 @@ pub(crate) async fn growing(
     let q = history_query(q.as_deref())?;
     let mut points: Vec<Arc<Snapshot>> =
         history(&s)?.entries().into_iter().map(|(_, s)| s).collect();
-    points.push(Arc::new(heapscope::snapshot()));
+    points.push(Arc::new(take_snapshot(&s).await?));
     let first = points.len().saturating_sub(q.window + 1);
     let points = points.split_off(first);
     let body = blocking(move || growing_json(&points, q.sample_type, q.limit)).await?;
@@ -439,7 +444,7 @@ pub(crate) async fn folded(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ProfileError> {
     let q = history_query(q.as_deref())?;
-    let snap = snapshot_at(&s, q.at)?;
+    let snap = snapshot_at(&s, q.at).await?;
     let text = blocking(move || folded_text(&snap, q.sample_type)).await??;
     Ok(plain_text(text))
 }
@@ -451,7 +456,7 @@ pub(crate) async fn flamegraph_svg(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ProfileError> {
     let q = history_query(q.as_deref())?;
-    let snap = snapshot_at(&s, q.at)?;
+    let snap = snapshot_at(&s, q.at).await?;
     let svg = blocking(move || -> Result<Vec<u8>, ProfileError> {
         let text = folded_text(&snap, q.sample_type)?;
         if text.is_empty() {

@@ -11,7 +11,7 @@
 //! first. Addresses on the record line are return addresses; the `#` lines name each frame
 //! (fields separated by tabs).
 
-use crate::profile::is_plumbing;
+use crate::profile::{inside_plumbing, is_plumbing};
 use crate::snapshot::Snapshot;
 use crate::symbolize::{self, Symbolizer};
 use std::io::{self, Write};
@@ -69,7 +69,7 @@ fn write_with(
             .collect();
         let skip = frames
             .iter()
-            .take_while(|(_, f)| f.iter().all(|f| is_plumbing(&f.function)))
+            .take_while(|(_, f)| inside_plumbing(f))
             .count();
         let frames = &frames[skip.min(frames.len().saturating_sub(1))..];
         write!(out, "{inuse_n}: {inuse_b} [{alloc_n}: {alloc_b}] @")?;

@@ -23,7 +23,7 @@
 //!
 //! The pieces, each in its own module: the hook ([`Sampler`], `sampler`), the sampling decision
 //! (`poisson`), the unwinder (`unwind`), the tables (`stacks`, `region`, `live`), snapshots
-//! ([`snapshot()`]), the symbolizer ([`symbolize`]), the profile model ([`Profile`]), its
+//! ([`snapshot()`], and [`SnapshotSource`] for other profilers' data), the symbolizer ([`symbolize`]), the profile model ([`Profile`]), its
 //! encodings ([`pprof`], legacy text, folded stacks) and call trees ([`CallTree`]).
 
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -38,6 +38,7 @@ mod profile;
 mod region;
 mod sampler;
 mod snapshot;
+mod source;
 mod stacks;
 pub mod symbolize;
 mod tables;
@@ -52,7 +53,8 @@ pub use profile::{
     Sample, ValueType, PLUMBING_FRAMES,
 };
 pub use sampler::{sample_rate, set_sample_rate, Sampler};
-pub use snapshot::{snapshot, Snapshot, StackId, StackTotals};
+pub use snapshot::{snapshot, Snapshot, StackId, StackTotals, OBJECT_UNIT};
+pub use source::{SamplerSource, SnapshotSource, SourceError, SourceErrorKind};
 pub use tables::{stats, Stats, DEFAULT_SAMPLE_RATE};
 pub use tree::{CallTree, TreeFilter, TreeNode};
 pub use unwind::{set_unwinder, unwinder, Unwinder};

@@ -120,13 +120,25 @@ pub enum HeapView {
 pub const PLUMBING_FRAMES: &str = concat!(
     "(heapscope::.*|<heapscope::.*|__rust_.*|__rg_.*|__rdl_.*|__rustc::.*|",
     "alloc::alloc::.*|<alloc::alloc::.*|alloc::raw_vec::.*|<alloc::raw_vec::.*|",
-    "core::alloc::.*|std::alloc::.*|<std::alloc::.*|<.* as core::alloc::.*)"
+    "core::alloc::.*|std::alloc::.*|<std::alloc::.*|<.* as core::alloc::.*|",
+    "tikv_jemallocator::.*|_rjem_.*|",
+    "malloc|calloc|realloc|mallocx|rallocx|posix_memalign|aligned_alloc)"
 );
 
 /// Whether a function is part of the allocation path rather than the code that allocates.
 /// The same rule as [`PLUMBING_FRAMES`].
 pub fn is_plumbing(function: &str) -> bool {
-    const PREFIXES: [&str; 13] = [
+    // jemalloc's entry points, when it is built without a prefix.
+    const ENTRY_POINTS: [&str; 7] = [
+        "malloc",
+        "calloc",
+        "realloc",
+        "mallocx",
+        "rallocx",
+        "posix_memalign",
+        "aligned_alloc",
+    ];
+    const PREFIXES: [&str; 15] = [
         "heapscope::",
         "__rustc::",
         "<heapscope::",
@@ -140,10 +152,22 @@ pub fn is_plumbing(function: &str) -> bool {
         "core::alloc::",
         "std::alloc::",
         "<std::alloc::",
+        "tikv_jemallocator::",
+        // jemalloc's symbols as tikv-jemalloc-sys builds it, internals included.
+        "_rjem_",
     ];
     // Any allocator's trait methods: `<tikv_jemallocator::Jemalloc as core::alloc::...>::alloc`.
     let allocator_impl = function.starts_with('<') && function.contains(" as core::alloc::");
-    allocator_impl || PREFIXES.iter().any(|p| function.starts_with(p))
+    allocator_impl
+        || PREFIXES.iter().any(|p| function.starts_with(p))
+        || ENTRY_POINTS.contains(&function)
+}
+
+/// Whether a location (its frames leaf first, inlined ones before the function they were inlined
+/// into) lies inside the allocation path: its outermost function is plumbing, so everything
+/// inlined into it is too (jemalloc's `_rjem_malloc` with its inlined internals).
+pub(crate) fn inside_plumbing(frames: &[Frame]) -> bool {
+    frames.last().is_some_and(|f| is_plumbing(&f.function))
 }
 
 /// The four sample types of a heap profile, in the order Go writes them.
@@ -383,13 +407,15 @@ impl<'s> Builder<'s> {
             };
             let mut skip = 0;
             if trimming {
+                if inside_plumbing(&frames) {
+                    continue;
+                }
+                // The first location of the caller's code may still hold inlined plumbing at its
+                // leaf end (`Vec::with_capacity` inlines down to `__rust_alloc`'s call).
                 skip = frames
                     .iter()
                     .take_while(|f| is_plumbing(&f.function))
                     .count();
-                if skip == frames.len() && !frames.is_empty() {
-                    continue;
-                }
                 trimming = false;
             }
             out.push(self.location(pc, mapping, &frames[skip..]));
@@ -487,8 +513,12 @@ impl<'s> Builder<'s> {
 mod tests {
     use super::*;
 
-    const PLUMBING: [&str; 10] = [
+    const PLUMBING: [&str; 14] = [
         "heapscope::sampler::Sampler<A>::alloc_sampled",
+        "_rjem_je_prof_backtrace",
+        "_rjem_malloc",
+        "mallocx",
+        "tikv_jemallocator::layout_to_flags",
         "<heapscope::sampler::Sampler<std::alloc::System> as core::alloc::global::GlobalAlloc>::alloc",
         "__rust_alloc",
         "__rustc::__rust_alloc",
@@ -499,8 +529,10 @@ mod tests {
         "<std::alloc::System as core::alloc::global::GlobalAlloc>::alloc",
         "<tikv_jemallocator::Jemalloc as core::alloc::global::GlobalAlloc>::alloc",
     ];
-    const USER_CODE: [&str; 5] = [
+    const USER_CODE: [&str; 7] = [
         "main",
+        "malloc_like_user_fn",
+        "myapp::mallocx_pool::get",
         "myapp::cache::insert",
         "alloc::vec::Vec<T,A>::with_capacity",
         "<myapp::Foo as core::clone::Clone>::clone",

@@ -25,16 +25,41 @@ impl StackId {
     pub fn as_u32(self) -> u32 {
         self.0
     }
+
+    /// The id of a stack recorded by another profiler (return addresses, leaf first), adding it
+    /// to the stack table the sampler uses. `None` when the table is full or cannot be mapped.
+    ///
+    /// Sources other than the sampler name their stacks this way, so that their snapshots are
+    /// [`Snapshot`]s like any other.
+    ///
+    /// ```
+    /// let here = heapscope::snapshot as fn() -> heapscope::Snapshot as usize as u64;
+    /// let id = heapscope::StackId::intern(&[here + 1, here + 2]).unwrap();
+    /// assert_eq!(heapscope::StackId::intern(&[here + 1, here + 2]), Some(id));
+    /// assert_eq!(id.frames(), vec![here + 1, here + 2]);
+    /// ```
+    pub fn intern(return_addresses: &[u64]) -> Option<StackId> {
+        if !crate::tables::ready() {
+            return None;
+        }
+        let frames: Vec<usize> = return_addresses.iter().map(|&a| a as usize).collect();
+        stacks::intern(&frames).ok().map(StackId)
+    }
 }
+
+/// One object in the fixed-point object counts of [`StackTotals`] (`alloc_objects_fx`,
+/// `free_objects_fx`): estimates are fractional, and keeping the fraction lets frees cancel
+/// allocations exactly.
+pub const OBJECT_UNIT: u64 = WEIGHT_ONE;
 
 /// One stack's totals in a snapshot: estimates (weighted) and raw sample counts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StackTotals {
-    /// Estimated objects allocated, in 1/65536ths.
+    /// Estimated objects allocated, in [`OBJECT_UNIT`]s.
     pub alloc_objects_fx: u64,
     /// Estimated bytes allocated.
     pub alloc_space: u64,
-    /// Estimated objects freed, in 1/65536ths.
+    /// Estimated objects freed, in [`OBJECT_UNIT`]s.
     pub free_objects_fx: u64,
     /// Estimated bytes freed.
     pub free_space: u64,

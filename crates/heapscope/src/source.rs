@@ -1,0 +1,81 @@
+//! Where snapshots come from. heapscope's own sampler is one source; another profiler's data
+//! (jemalloc's, in `heapscope-jemalloc`) can be another, turned into the same [`Snapshot`] model
+//! so that everything downstream (profiles, call trees, deltas, the server) serves it unchanged.
+
+use crate::snapshot::{snapshot, Snapshot};
+use std::fmt;
+
+/// A source of heap snapshots.
+///
+/// Taking a snapshot may block (another profiler may have to write its data out first), so
+/// callers on an async runtime run it on a blocking thread.
+pub trait SnapshotSource: Send + Sync {
+    /// A short name for people: profile comments and the server's index page show it.
+    fn name(&self) -> &str;
+
+    /// Every stack's running totals now. Two snapshots of the same source subtract with
+    /// [`Snapshot::delta`].
+    fn snapshot(&self) -> Result<Snapshot, SourceError>;
+}
+
+/// heapscope's own sampler: the [`crate::Sampler`] installed as the global allocator.
+///
+/// ```
+/// use heapscope::{SamplerSource, SnapshotSource};
+/// let s = SamplerSource.snapshot().expect("the sampler is always available");
+/// assert_eq!(s.sample_rate, heapscope::sample_rate());
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SamplerSource;
+
+impl SnapshotSource for SamplerSource {
+    fn name(&self) -> &str {
+        "heapscope sampler"
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, SourceError> {
+        Ok(snapshot())
+    }
+}
+
+/// Why a source could not produce a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceError {
+    pub kind: SourceErrorKind,
+    /// What went wrong and, where it helps, how to fix it.
+    pub message: String,
+}
+
+/// The kinds of [`SourceError`], which a server maps to HTTP statuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceErrorKind {
+    /// The profiler behind the source is not available in this process (not compiled in, or
+    /// not turned on at start). Retrying will not help.
+    NotEnabled,
+    /// The profiler is there but producing its data failed.
+    Failed,
+}
+
+impl SourceError {
+    pub fn not_enabled(message: impl Into<String>) -> SourceError {
+        SourceError {
+            kind: SourceErrorKind::NotEnabled,
+            message: message.into(),
+        }
+    }
+
+    pub fn failed(message: impl Into<String>) -> SourceError {
+        SourceError {
+            kind: SourceErrorKind::Failed,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for SourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for SourceError {}
