@@ -2,6 +2,8 @@
 //! that waited on it, used by a message broker and by a busy loop; and the fix, one timer re-armed
 //! with `reset`.
 
+pub mod cli;
+
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};

@@ -1,4 +1,5 @@
-//! Runs the real `timer-leak` binary in each scenario, leaky and fixed, and reads two heap
+//! Runs the real `timer-leak` binaries (heapscope's sampler, and jemalloc's profiler behind
+//! heapscope) in each scenario, leaky and fixed, and reads two heap
 //! profiles from its endpoint: a baseline taken while it waits (`--delay`), and one a few seconds
 //! into the load. Leaky: at least 60% of the growth in use is under `after`. Fixed: the growth is
 //! at most a tenth of the leaky one.
@@ -19,8 +20,12 @@ impl Drop for Demo {
     }
 }
 
-fn start(args: &[&str]) -> (Demo, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_timer-leak"))
+/// The two builds of the demo: heapscope's sampler, and jemalloc's profiler behind heapscope.
+const SAMPLER: &str = env!("CARGO_BIN_EXE_timer-leak");
+const JEMALLOC: &str = env!("CARGO_BIN_EXE_timer-leak-jemalloc");
+
+fn start(binary: &str, args: &[&str]) -> (Demo, SocketAddr) {
+    let mut child = Command::new(binary)
         .args(["--addr", "127.0.0.1:0", "--delay", "2"])
         .args(args)
         .stdout(Stdio::piped())
@@ -67,8 +72,8 @@ fn inuse(p: &Profile) -> (i64, i64) {
 }
 
 /// (growth in total, growth under `after`) over `seconds` of load.
-fn growth(args: &[&str], seconds: u64) -> (i64, i64) {
-    let (_demo, addr) = start(args);
+fn growth(binary: &str, args: &[&str], seconds: u64) -> (i64, i64) {
+    let (_demo, addr) = start(binary, args);
     std::thread::sleep(Duration::from_millis(1000));
     let before = inuse(&heap_profile(addr));
     // The load starts 2 s after launch.
@@ -80,12 +85,13 @@ fn growth(args: &[&str], seconds: u64) -> (i64, i64) {
 /// The demos take the machine's cores in turns: the broker's leak is as large as its send rate.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn check(scenario: &str) {
+fn check(binary: &str, scenario: &str) {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let (leaky_total, leaky_after) = growth(&["--scenario", scenario], 4);
-    let (fixed_total, fixed_after) = growth(&["--scenario", scenario, "--fixed"], 4);
+    let (leaky_total, leaky_after) = growth(binary, &["--scenario", scenario], 4);
+    let (fixed_total, fixed_after) = growth(binary, &["--scenario", scenario, "--fixed"], 4);
+    let binary = binary.rsplit('/').next().unwrap_or(binary);
     eprintln!(
-        "{scenario}: leaky grew {leaky_total} B ({leaky_after} B under after); fixed grew {fixed_total} B ({fixed_after} B under after)"
+        "{binary} {scenario}: leaky grew {leaky_total} B ({leaky_after} B under after); fixed grew {fixed_total} B ({fixed_after} B under after)"
     );
     // The broker's leak is its send rate times 5 ms (about 1-1.5 MB here); the loop's grows
     // by megabytes a second. Either way, well over half a megabyte in four seconds.
@@ -109,10 +115,20 @@ fn check(scenario: &str) {
 
 #[test]
 fn the_loop_leaks_under_after_and_the_fix_stays_flat() {
-    check("loop");
+    check(SAMPLER, "loop");
 }
 
 #[test]
 fn the_broker_leaks_under_after_and_the_fix_stays_flat() {
-    check("broker");
+    check(SAMPLER, "broker");
+}
+
+#[test]
+fn jemallocs_profiler_shows_the_same_loop_leak() {
+    check(JEMALLOC, "loop");
+}
+
+#[test]
+fn jemallocs_profiler_shows_the_same_broker_leak() {
+    check(JEMALLOC, "broker");
 }

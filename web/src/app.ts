@@ -8,6 +8,10 @@ import { layout, Rect, Tree, TreeJson } from "./tree";
 
 interface Snapshots {
   interval_ms: number;
+  /** Where the heap data comes from: "heapscope sampler", "jemalloc profiler". */
+  source?: string;
+  /** Why the last scheduled snapshot failed, if it did. */
+  error?: string | null;
   snapshots: { id: number; time_ms: number; inuse_space: number; inuse_objects: number; alloc_space: number; alloc_objects: number }[];
 }
 
@@ -87,9 +91,15 @@ function writeState(s: ViewState) {
   history.replaceState(null, "", "#" + p.toString());
 }
 
+/** The server's message for the last request that failed (profiling not enabled, ...). */
+let lastError = "";
+
 async function getJson<T>(path: string): Promise<T | undefined> {
   const r = await fetch(path);
-  if (!r.ok) return undefined;
+  if (!r.ok) {
+    lastError = `${r.status}: ${(await r.text()).trim()}`;
+    return undefined;
+  }
   return (await r.json()) as T;
 }
 
@@ -109,6 +119,7 @@ class App {
 
   async load() {
     this.snapshots = await getJson<Snapshots>("api/snapshots");
+    if (this.snapshots?.source) $("source").textContent = `heap from the ${this.snapshots.source}`;
     const snaps = this.snapshots?.snapshots ?? [];
     // Growth mode opens by default once there are points in time to compare. The history's first
     // snapshot is taken when the endpoint is mounted, usually before the service has done any
@@ -146,7 +157,7 @@ class App {
       json = await getJson<TreeJson>("api/tree?" + q.toString());
     }
     if (!json) {
-      $("status").textContent = "Could not load the profile (the snapshot may have aged out).";
+      $("status").textContent = `Could not load the profile: ${lastError || "the snapshot may have aged out"}`;
       return;
     }
     this.setTree(new Tree(json));

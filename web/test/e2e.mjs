@@ -1,10 +1,12 @@
 // End-to-end: the real timer-leak demo, its real server, the UI in Debian's headless Chromium.
 //
-//   node test/e2e.mjs [path/to/timer-leak]
+//   node test/e2e.mjs [path/to/timer-leak | path/to/timer-leak-jemalloc]
 //
 // Checks that the page loads with no request leaving loopback, that the growing list names
 // `after` first, that the `after` frame is painted in the growth colour (read back from the
-// canvas), and that search and zoom work. Saves a screenshot to test/artifacts/.
+// canvas), and that search and zoom work. Run against `timer-leak-jemalloc`, the same checks
+// hold for jemalloc's profiler, and a demo started without `prof:true` shows why in the page.
+// Saves a screenshot to test/artifacts/.
 
 import { spawn } from "node:child_process";
 import { mkdirSync } from "node:fs";
@@ -16,15 +18,19 @@ const demoBin = process.argv[2] ?? new URL("../../target/release/timer-leak", im
 const artifacts = new URL("./artifacts/", import.meta.url).pathname;
 mkdirSync(artifacts, { recursive: true });
 
-function startDemo() {
-  const child = spawn(demoBin, ["--addr", "127.0.0.1:0"], { stdio: ["ignore", "pipe", "inherit"] });
+// The demo on jemalloc serves jemalloc's own profiler through the same endpoints and UI.
+const demoName = demoBin.split("/").pop();
+const onJemalloc = demoName.includes("jemalloc");
+
+function startDemo(env = {}) {
+  const child = spawn(demoBin, ["--addr", "127.0.0.1:0"], { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, ...env } });
   return new Promise((resolve, reject) => {
     const lines = createInterface({ input: child.stdout });
     lines.on("line", (line) => {
       const m = line.match(/profiles: http:\/\/([\d.]+:\d+)\//);
       if (m) resolve({ child, addr: m[1] });
     });
-    child.on("exit", (code) => reject(new Error(`timer-leak exited with ${code}`)));
+    child.on("exit", (code) => reject(new Error(`${demoName} exited with ${code}`)));
   });
 }
 
@@ -60,6 +66,11 @@ try {
     assert.ok(requests.length >= 4, requests.join("\n"));
     for (const u of requests) assert.match(u, /^http:\/\/127\.0\.0\.1:\d+\//, u);
     assert.deepEqual(errors, []);
+  });
+
+  await check("the header names where the heap data comes from", async () => {
+    const want = onJemalloc ? "jemalloc profiler" : "heapscope sampler";
+    assert.equal(await page.locator("#source").innerText(), `heap from the ${want}`);
   });
 
   await check("the growing list names after first", async () => {
@@ -203,9 +214,26 @@ try {
     assert.equal(r.headers()["content-security-policy"], "default-src 'self'");
   });
 
+  if (onJemalloc) {
+    await check("without prof:true the page says what to set, as the server does (501)", async () => {
+      // The environment overrides the demo's compiled-in options.
+      const off = await startDemo({ _RJEM_MALLOC_CONF: "prof:false" });
+      try {
+        const p = await browser.newPage();
+        await p.goto(`http://${off.addr}/debug/pprof/ui/`);
+        await p.waitForFunction(() => /Could not load/.test(document.getElementById("status").innerText), null, { timeout: 15000 });
+        const status = await p.locator("#status").innerText();
+        assert.match(status, /501: jemalloc's profiler is off in this process/);
+        assert.match(status, /prof:true/);
+      } finally {
+        off.child.kill();
+      }
+    });
+  }
+
   await page.locator("#growing li").first().click();
-  await page.screenshot({ path: artifacts + "timer-leak-ui.png" });
-  console.log(`screenshot: ${artifacts}timer-leak-ui.png`);
+  await page.screenshot({ path: `${artifacts}${demoName}-ui.png` });
+  console.log(`screenshot: ${artifacts}${demoName}-ui.png`);
 } finally {
   await browser.close();
   child.kill();

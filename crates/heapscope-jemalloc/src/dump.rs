@@ -285,20 +285,8 @@ impl<'a> Lines<'a> {
 mod tests {
     use super::*;
 
-    const GOOD: &str = "heap_v2/524288
-  t*: 30: 15728640 [40: 20971520]
-  t0: 20: 10485760 [25: 13107200]
-  t7: 10: 5242880 [15: 7864320] tokio-runtime-worker
-@ 0x55d0c0a1b2c3 0x55d0c0a1b4d5 0x7f1e2a3b4c5d
-  t*: 20: 10485760 [25: 13107200]
-  t0: 20: 10485760 [25: 13107200]
-@ 0x55d0c0a1b2c3 0x55d0c0a1ffff
-  t*: 10: 5242880 [15: 7864320]
-  t7: 10: 5242880 [15: 7864320] tokio-runtime-worker
-
-MAPPED_LIBRARIES:
-55d0c0a00000-55d0c0b00000 r-xp 00000000 08:01 1234 /usr/bin/service
-";
+    /// A dump with thread names and cumulative counts, also a seed of `tests/fuzz_dump.rs`.
+    const GOOD: &str = include_str!("../tests/data/two-stacks.heap");
 
     #[test]
     fn a_dump_parses_into_its_stacks_and_counts() {

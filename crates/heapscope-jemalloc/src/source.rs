@@ -104,8 +104,11 @@ impl SnapshotSource for JemallocSource {
     }
 
     fn snapshot(&self) -> Result<Snapshot, SourceError> {
-        let text = ctl::dump()?;
-        self.snapshot_of(&text)
+        ctl::with_thread_sampling_paused(|| self.snapshot_of(&ctl::dump()?))
+    }
+
+    fn unprofiled(&self, work: &mut dyn FnMut()) {
+        ctl::with_thread_sampling_paused(work)
     }
 }
 

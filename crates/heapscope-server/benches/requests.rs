@@ -5,7 +5,7 @@
 #[path = "../../heapscope/benches/common/mod.rs"]
 mod common;
 
-use common::{churn, compare, median, stack_path, Sizes};
+use common::{churn, compare, median, run_length, stack_path, Sizes};
 use std::io::{Read, Write};
 use std::time::Instant;
 
@@ -30,12 +30,7 @@ fn get(addr: std::net::SocketAddr, path: &str) -> usize {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "quick");
-    let (steps, reps) = if quick {
-        (1_000_000, 4)
-    } else {
-        (10_000_000, 16)
-    };
+    let (steps, reps) = run_length(16);
     println!("heapscope-server benchmark ({reps} interleaved runs, medians)");
 
     // An idle server next to the hook: churn with no server, then with one listening.

@@ -69,7 +69,7 @@ pub(crate) async fn profile(
             format!("CPU profile failed: {e}"),
         )
     })?;
-    let body = blocking(move || -> Result<Vec<u8>, String> {
+    let body = blocking(&s, move || -> Result<Vec<u8>, String> {
         let proto = report.pprof().map_err(|e| e.to_string())?;
         let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(&proto.encode_to_vec())

@@ -44,12 +44,21 @@ pub(crate) fn plain_text(body: String) -> Response {
     r
 }
 
-/// Runs profile building off the async workers: it symbolizes and compresses, which can take
-/// tens of milliseconds on large profiles.
+/// Runs profile building off the async workers (it symbolizes and compresses, which can take
+/// tens of milliseconds on large profiles), with the source's sampling paused: the profiler's
+/// own memory is not the service's heap.
 pub(crate) async fn blocking<T: Send + 'static>(
+    s: &Settings,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ProfileError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| {
+    let source = s.source.clone();
+    let run = move || {
+        let mut f = Some(f);
+        let mut out = None;
+        source.unprofiled(&mut || out = f.take().map(|f| f()));
+        out.expect("a source's unprofiled() runs the work it is given")
+    };
+    tokio::task::spawn_blocking(run).await.map_err(|e| {
         ProfileError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("building the profile failed: {e}"),
@@ -61,7 +70,15 @@ pub(crate) async fn blocking<T: Send + 'static>(
 /// another profiler writes its data out.
 pub(crate) async fn take_snapshot(s: &Settings) -> Result<Snapshot, ProfileError> {
     let source = s.source.clone();
-    Ok(blocking(move || source.snapshot()).await??)
+    let snapshot = tokio::task::spawn_blocking(move || source.snapshot())
+        .await
+        .map_err(|e| {
+            ProfileError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("taking a snapshot failed: {e}"),
+            )
+        })?;
+    Ok(snapshot?)
 }
 
 pub(crate) async fn heap(
@@ -101,12 +118,12 @@ async fn heap_profile(
         // Dropped, and so cancelled, when the client goes away.
         tokio::time::sleep(wait).await;
         let delta = take_snapshot(s).await?.delta(&before);
-        let body = blocking(move || Profile::heap(&delta, view).to_pprof_bytes()).await?;
+        let body = blocking(s, move || Profile::heap(&delta, view).to_pprof_bytes()).await?;
         return Ok(attachment(body, &format!("{name}-delta")));
     }
     let snapshot = take_snapshot(s).await?;
     if q.debug != 0 {
-        let text = blocking(move || {
+        let text = blocking(s, move || {
             let mut out = Vec::new();
             heapscope::write_legacy_heap_text(&snapshot, &mut out).map(|_| out)
         })
@@ -114,7 +131,7 @@ async fn heap_profile(
         .map_err(|e| ProfileError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         return Ok(plain_text(String::from_utf8_lossy(&text).into_owned()));
     }
-    let body = blocking(move || Profile::heap(&snapshot, view).to_pprof_bytes()).await?;
+    let body = blocking(s, move || Profile::heap(&snapshot, view).to_pprof_bytes()).await?;
     Ok(attachment(body, name))
 }
 
@@ -167,6 +184,7 @@ pub(crate) async fn cmdline() -> Response {
 /// with one `0xADDR name` line per address this process knows. `go tool pprof` uses it to name
 /// the addresses of the legacy text profile.
 pub(crate) async fn symbol(
+    State(s): State<Arc<Settings>>,
     method: Method,
     RawQuery(q): RawQuery,
     body: Bytes,
@@ -176,7 +194,7 @@ pub(crate) async fn symbol(
     } else {
         q.unwrap_or_default()
     };
-    let text = blocking(move || {
+    let text = blocking(&s, move || {
         let mut out = String::from("num_symbols: 1\n");
         let addresses: Vec<u64> = input
             .split('+')

@@ -206,7 +206,7 @@ pub(crate) async fn tree(
         Some(id) => Some(snapshot_at(&s, Some(id)).await?),
         None => None,
     };
-    let body = blocking(move || {
+    let body = blocking(&s, move || {
         let p = Profile::heap(&current, HeapView::InUse);
         let b = base.map(|b| Profile::heap(&b, HeapView::InUse));
         let tree = build_tree(&q, q.sample_type, &p, b.as_ref());
@@ -220,6 +220,7 @@ pub(crate) async fn tree(
 /// profile file the user opened (any pprof file, Go's included), or of two: with `base_bytes=N`
 /// the body's first N bytes are the baseline and the rest the current profile.
 pub(crate) async fn tree_of_upload(
+    State(s): State<Arc<Settings>>,
     RawQuery(q): RawQuery,
     body: axum::body::Bytes,
 ) -> Result<Response, ProfileError> {
@@ -231,7 +232,7 @@ pub(crate) async fn tree_of_upload(
             body.len()
         )));
     }
-    let body = blocking(move || -> Result<Value, ProfileError> {
+    let body = blocking(&s, move || -> Result<Value, ProfileError> {
         let read = |bytes: &[u8], what: &str| {
             Profile::from_pprof_bytes(bytes).map_err(|e| {
                 ProfileError::bad_request(format!("the {what} profile is not readable: {e}"))
@@ -334,7 +335,7 @@ pub(crate) async fn growing(
     points.push(Arc::new(take_snapshot(&s).await?));
     let first = points.len().saturating_sub(q.window + 1);
     let points = points.split_off(first);
-    let body = blocking(move || growing_json(&points, q.sample_type, q.limit)).await?;
+    let body = blocking(&s, move || growing_json(&points, q.sample_type, q.limit)).await?;
     Ok(json_response(body))
 }
 
@@ -445,7 +446,7 @@ pub(crate) async fn folded(
 ) -> Result<Response, ProfileError> {
     let q = history_query(q.as_deref())?;
     let snap = snapshot_at(&s, q.at).await?;
-    let text = blocking(move || folded_text(&snap, q.sample_type)).await??;
+    let text = blocking(&s, move || folded_text(&snap, q.sample_type)).await??;
     Ok(plain_text(text))
 }
 
@@ -457,7 +458,7 @@ pub(crate) async fn flamegraph_svg(
 ) -> Result<Response, ProfileError> {
     let q = history_query(q.as_deref())?;
     let snap = snapshot_at(&s, q.at).await?;
-    let svg = blocking(move || -> Result<Vec<u8>, ProfileError> {
+    let svg = blocking(&s, move || -> Result<Vec<u8>, ProfileError> {
         let text = folded_text(&snap, q.sample_type)?;
         if text.is_empty() {
             // inferno refuses empty input; an empty heap is still a valid answer.

@@ -13,78 +13,36 @@
 
 mod common;
 
-use common::{churn, compare, median, stack_path, Sizes};
+use common::{
+    churn, churn_workloads, compare, deep, median, print_header, print_row, run_length, stack_path,
+};
 use heapscope::Sampler;
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::hint::black_box;
 use std::time::Instant;
 use tikv_jemallocator::Jemalloc;
 
 static SAMPLED_SYSTEM: Sampler<System> = Sampler::new(System);
 static SAMPLED_JEMALLOC: Sampler<Jemalloc> = Sampler::new(Jemalloc);
 
-#[inline(never)]
-fn deep<A: GlobalAlloc>(a: &A, depth: usize, n: usize) -> u64 {
-    if depth > 1 {
-        return black_box(deep(a, depth - 1, n)) + 1;
-    }
-    let layout = Layout::from_size_align(64, 8).unwrap();
-    let start = Instant::now();
-    for _ in 0..n {
-        // SAFETY: a non-zero layout; the block is freed at once with the same layout.
-        unsafe {
-            let p = a.alloc(layout);
-            black_box(p);
-            a.dealloc(p, layout);
-        }
-    }
-    start.elapsed().as_nanos() as u64
-}
-
 fn main() {
-    let quick = std::env::args().any(|a| a == "quick");
-    let (steps, reps) = if quick {
-        (1_000_000, 4)
-    } else {
-        (10_000_000, 10)
-    };
+    let (steps, reps) = run_length(10);
     heapscope::set_sample_rate(heapscope::DEFAULT_SAMPLE_RATE);
     println!("heapscope overhead benchmark: {steps} steps x 2 threads, {reps} (small: {}) interleaved runs, medians", reps * 2);
     println!("(churn: CPU seconds of both threads together)");
-    println!(
-        "{:<44} {:>10} {:>10} {:>8}",
-        "workload", "bare s", "hooked s", "ratio"
-    );
-    for (name, sizes) in [
-        ("small-object churn", Sizes::Small),
-        ("byte-heavy churn", Sizes::ByteHeavy),
-    ] {
-        // Small churn is cheap per run and the noisier ratio: give it twice the runs.
-        let reps = if matches!(sizes, Sizes::Small) {
-            reps * 2
-        } else {
-            reps
-        };
-        let (b, h) = compare(
+    print_header("hooked s");
+    for (name, sizes, reps) in churn_workloads(reps) {
+        let system = compare(
             reps,
             || churn(&System, sizes, steps),
             || churn(&SAMPLED_SYSTEM, sizes, steps),
         );
-        println!(
-            "{:<44} {b:>10.3} {h:>10.3} {:>8.3}",
-            format!("{name}, System"),
-            h / b
-        );
-        let (b, h) = compare(
+        print_row(&format!("{name}, System"), system);
+        let jemalloc = compare(
             reps,
             || churn(&Jemalloc, sizes, steps),
             || churn(&SAMPLED_JEMALLOC, sizes, steps),
         );
-        println!(
-            "{:<44} {b:>10.3} {h:>10.3} {:>8.3}",
-            format!("{name}, jemalloc"),
-            h / b
-        );
+        print_row(&format!("{name}, jemalloc"), jemalloc);
     }
 
     // One sampled allocation 30 frames deep: per-operation medians over batches.

@@ -11,7 +11,7 @@
 //! first. Addresses on the record line are return addresses; the `#` lines name each frame
 //! (fields separated by tabs).
 
-use crate::profile::{inside_plumbing, is_plumbing};
+use crate::profile::{is_plumbing, plumbing_prefix};
 use crate::snapshot::Snapshot;
 use crate::symbolize::{self, Symbolizer};
 use std::io::{self, Write};
@@ -67,10 +67,7 @@ fn write_with(
             .into_iter()
             .map(|ret| (ret, symbolizer.frames(ret.wrapping_sub(1))))
             .collect();
-        let skip = frames
-            .iter()
-            .take_while(|(_, f)| inside_plumbing(f))
-            .count();
+        let (skip, _) = plumbing_prefix(frames.iter().map(|(_, f)| &f[..]));
         let frames = &frames[skip.min(frames.len().saturating_sub(1))..];
         write!(out, "{inuse_n}: {inuse_b} [{alloc_n}: {alloc_b}] @")?;
         for (ret, _) in frames {

@@ -16,6 +16,27 @@ pub trait SnapshotSource: Send + Sync {
     /// Every stack's running totals now. Two snapshots of the same source subtract with
     /// [`Snapshot::delta`].
     fn snapshot(&self) -> Result<Snapshot, SourceError>;
+
+    /// Runs `work` with this source's sampling paused on the calling thread, so that the
+    /// profiler's own work (symbolizing, building profiles and trees) stays out of the heap it
+    /// profiles. The symbolizer's caches, for one, are the profiler's memory, not the service's.
+    fn unprofiled(&self, work: &mut dyn FnMut()) {
+        work()
+    }
+}
+
+impl<S: SnapshotSource + ?Sized> SnapshotSource for std::sync::Arc<S> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, SourceError> {
+        (**self).snapshot()
+    }
+
+    fn unprofiled(&self, work: &mut dyn FnMut()) {
+        (**self).unprofiled(work)
+    }
 }
 
 /// heapscope's own sampler: the [`crate::Sampler`] installed as the global allocator.
@@ -35,6 +56,10 @@ impl SnapshotSource for SamplerSource {
 
     fn snapshot(&self) -> Result<Snapshot, SourceError> {
         Ok(snapshot())
+    }
+
+    fn unprofiled(&self, work: &mut dyn FnMut()) {
+        crate::sampler::without_sampling(work)
     }
 }
 

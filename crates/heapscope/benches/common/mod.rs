@@ -4,7 +4,7 @@
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::hint::black_box;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub const RING: usize = 4096;
 
@@ -86,6 +86,41 @@ pub fn churn<A: GlobalAlloc + Sync>(a: &A, sizes: Sizes, steps: usize) -> Durati
     })
 }
 
+/// Steps per churn thread and interleaved runs: `full_reps` runs of 10M steps, or with `quick` on
+/// the command line 4 runs of 1M.
+pub fn run_length(full_reps: usize) -> (usize, usize) {
+    if std::env::args().any(|a| a == "quick") {
+        (1_000_000, 4)
+    } else {
+        (10_000_000, full_reps)
+    }
+}
+
+/// The two churn workloads, named, with the runs each gets: small-object churn is cheap per run
+/// and the noisier ratio, so it gets twice the runs.
+pub fn churn_workloads(reps: usize) -> [(&'static str, Sizes, usize); 2] {
+    [
+        ("small-object churn", Sizes::Small, reps * 2),
+        ("byte-heavy churn", Sizes::ByteHeavy, reps),
+    ]
+}
+
+/// The header of a results table of [`print_row`]s.
+pub fn print_header(hooked: &str) {
+    println!(
+        "{:<46} {:>10} {:>10} {:>8}",
+        "workload", "bare s", hooked, "ratio"
+    );
+}
+
+/// One row: a workload's medians, bare and hooked, and their ratio.
+pub fn print_row(name: &str, (bare, hooked): (f64, f64)) {
+    println!(
+        "{name:<46} {bare:>10.3} {hooked:>10.3} {:>8.3}",
+        hooked / bare
+    );
+}
+
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -136,4 +171,24 @@ pub fn stack_path(bits: u32, depth: u32, leaf: &mut dyn FnMut()) {
     } else {
         path_b(bits, depth, leaf);
     }
+}
+
+/// Allocates and frees a 64-byte block `n` times, `depth` frames down; returns the nanoseconds
+/// the loop took.
+#[inline(never)]
+pub fn deep<A: GlobalAlloc>(a: &A, depth: usize, n: usize) -> u64 {
+    if depth > 1 {
+        return black_box(deep(a, depth - 1, n)) + 1;
+    }
+    let layout = Layout::from_size_align(64, 8).unwrap();
+    let start = Instant::now();
+    for _ in 0..n {
+        // SAFETY: a non-zero layout; the block is freed at once with the same layout.
+        unsafe {
+            let p = a.alloc(layout);
+            black_box(p);
+            a.dealloc(p, layout);
+        }
+    }
+    start.elapsed().as_nanos() as u64
 }
