@@ -17,10 +17,14 @@
 #[path = "../../heapscope/benches/common/mod.rs"]
 mod common;
 
-use common::{churn, churn_workloads, compare, deep, median, print_header, print_row, run_length};
-use heapscope::Sampler;
-use heapscope_jemalloc::{set_active, set_sample_rate};
+use common::{
+    churn, churn_workloads, compare, deep, median, print_header, print_row, run_length, stack_path,
+};
+use heapscope::{Sampler, SamplerSource, Snapshot, SnapshotSource};
+use heapscope_jemalloc::{set_active, set_sample_rate, JemallocSource};
 use std::alloc::{GlobalAlloc, Layout};
+use std::hint::black_box;
+use std::time::Instant;
 use tikv_jemallocator::Jemalloc;
 
 #[allow(non_upper_case_globals)]
@@ -96,4 +100,56 @@ fn main() {
         "  jemalloc profiler (libgcc unwinder)",
         theirs - bare
     );
+
+    // A snapshot with 10,000 distinct stacks live: heapscope copies counters, jemalloc dumps its
+    // profile as text, which the source parses and interns.
+    set_sample_rate(1).unwrap();
+    heapscope::set_sample_rate(1);
+    let layout = Layout::from_size_align(256, 8).unwrap();
+    let mut keep = Vec::with_capacity(20_000);
+    for bits in 0..10_000u32 {
+        stack_path(bits, 14, &mut || {
+            // SAFETY: non-zero layouts; all freed below with the same layout.
+            keep.push(unsafe { SAMPLED_JEMALLOC.alloc(layout) } as usize);
+            jemalloc_profiling(true);
+            keep.push(unsafe { Jemalloc.alloc(layout) } as usize);
+            jemalloc_profiling(false);
+        });
+    }
+    heapscope::set_sample_rate(RATE as usize);
+    let time = |f: &dyn Fn() -> Snapshot| {
+        let sizes: Vec<usize> = (0..3).map(|_| f().stacks.len()).collect();
+        let ms = median(
+            (0..7)
+                .map(|_| {
+                    let t = Instant::now();
+                    black_box(f());
+                    t.elapsed().as_secs_f64() * 1000.0
+                })
+                .collect(),
+        );
+        (sizes[0], ms)
+    };
+    let (ours_n, ours) = time(&|| SamplerSource.snapshot().unwrap());
+    let source = JemallocSource::new();
+    let (theirs_n, theirs) = time(&|| source.snapshot().unwrap());
+    println!("a snapshot, 10,000 distinct stacks live (median of 7):");
+    println!(
+        "{:<46} {ours:>7.2}ms ({ours_n} stacks)",
+        "  heapscope sampler"
+    );
+    println!(
+        "{:<46} {theirs:>7.2}ms ({theirs_n} stacks)",
+        "  jemalloc profiler (dump and parse)"
+    );
+    for (i, p) in keep.into_iter().enumerate() {
+        // SAFETY: allocated above, alternately by each allocator, with this layout.
+        unsafe {
+            if i % 2 == 0 {
+                SAMPLED_JEMALLOC.dealloc(p as *mut u8, layout)
+            } else {
+                Jemalloc.dealloc(p as *mut u8, layout)
+            }
+        }
+    }
 }

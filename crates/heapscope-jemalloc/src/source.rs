@@ -62,40 +62,45 @@ impl JemallocSource {
     /// A snapshot from a dump's text (what [`ctl::dump`] returns). The dump must come from this
     /// process: its addresses are named with this process's symbols.
     pub fn snapshot_of(&self, text: &[u8]) -> Result<Snapshot, SourceError> {
-        let parsed = dump::parse(text).map_err(|e| SourceError::failed(e.to_string()))?;
-        let period = parsed.sample_period;
-        let mut now: HashMap<StackId, Quantities> = HashMap::new();
-        let mut dropped = 0;
-        for stack in &parsed.stacks {
-            let Some(id) = StackId::intern(&stack.frames) else {
-                dropped += 1;
-                continue;
-            };
-            let q = now.entry(id).or_default();
-            add(&mut q.in_use, estimate(stack.in_use, period));
-            add(&mut q.allocated, estimate(stack.allocated, period));
-        }
-        let mut running = self.lock();
-        running.dropped_stacks += dropped;
-        let ids: Vec<StackId> = running.stacks.keys().chain(now.keys()).copied().collect();
-        let mut stacks = Vec::with_capacity(ids.len());
-        for id in ids {
-            let before = running.stacks.get(&id).copied().unwrap_or_default();
-            let dumped = now.get(&id).copied().unwrap_or_default();
-            let after = advance(before, dumped);
-            running.stacks.insert(id, after);
-            stacks.push((id, totals(after)));
-        }
-        stacks.sort_unstable_by_key(|(id, _)| *id);
-        stacks.dedup_by_key(|(id, _)| *id);
-        stacks.retain(|(_, t)| t.alloc_samples > 0 || t.alloc_space > 0);
-        Ok(Snapshot {
-            time: SystemTime::now(),
-            duration: None,
-            sample_rate: usize::try_from(period).unwrap_or(usize::MAX),
-            stacks,
-        })
+        advance_all(&mut self.lock(), text)
     }
+}
+
+/// Parses a dump and moves every stack's running state on by it. Called with the state locked
+/// from before the dump is taken to after it is applied, so that dumps apply in the order taken.
+fn advance_all(running: &mut Running, text: &[u8]) -> Result<Snapshot, SourceError> {
+    let parsed = dump::parse(text).map_err(|e| SourceError::failed(e.to_string()))?;
+    let period = parsed.sample_period;
+    let mut now: HashMap<StackId, Quantities> = HashMap::new();
+    for stack in &parsed.stacks {
+        let Some(id) = StackId::intern(&stack.frames) else {
+            running.dropped_stacks += 1;
+            continue;
+        };
+        let q = now.entry(id).or_default();
+        add(&mut q.in_use, estimate(stack.in_use, period));
+        add(&mut q.allocated, estimate(stack.allocated, period));
+    }
+    // Stacks seen before and missing now had everything freed (jemalloc leaves them out).
+    let mut ids: Vec<StackId> = running.stacks.keys().chain(now.keys()).copied().collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut stacks = Vec::with_capacity(ids.len());
+    for id in ids {
+        let before = running.stacks.get(&id).copied().unwrap_or_default();
+        let after = advance(before, now.get(&id).copied().unwrap_or_default());
+        running.stacks.insert(id, after);
+        let t = totals(after);
+        if t.alloc_samples > 0 || t.alloc_space > 0 {
+            stacks.push((id, t));
+        }
+    }
+    Ok(Snapshot {
+        time: SystemTime::now(),
+        duration: None,
+        sample_rate: usize::try_from(period).unwrap_or(usize::MAX),
+        stacks,
+    })
 }
 
 impl SnapshotSource for JemallocSource {
@@ -104,7 +109,10 @@ impl SnapshotSource for JemallocSource {
     }
 
     fn snapshot(&self) -> Result<Snapshot, SourceError> {
-        ctl::with_thread_sampling_paused(|| self.snapshot_of(&ctl::dump()?))
+        ctl::with_thread_sampling_paused(|| {
+            let mut running = self.lock();
+            advance_all(&mut running, &ctl::dump()?)
+        })
     }
 
     fn unprofiled(&self, work: &mut dyn FnMut()) {
