@@ -39,7 +39,7 @@ impl StackId {
     /// assert_eq!(id.frames(), vec![here + 1, here + 2]);
     /// ```
     pub fn intern(return_addresses: &[u64]) -> Option<StackId> {
-        if !crate::tables::ready() {
+        if !crate::tables::ready_or_wait() {
             return None;
         }
         let frames: Vec<usize> = return_addresses.iter().map(|&a| a as usize).collect();

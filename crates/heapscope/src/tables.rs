@@ -40,6 +40,20 @@ pub(crate) fn ready() -> bool {
     }
 }
 
+/// As [`ready`], but waits while another thread sets the tables up. Only for callers outside
+/// the hook (which must never wait), such as other sources interning their stacks.
+pub(crate) fn ready_or_wait() -> bool {
+    loop {
+        if ready() {
+            return true;
+        }
+        if STATE.load(Ordering::Acquire) != BUSY {
+            return false;
+        }
+        std::thread::yield_now();
+    }
+}
+
 /// Why a sample was not recorded. Each has a counter in [`crate::Stats`].
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Loss {
