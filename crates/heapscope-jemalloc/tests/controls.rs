@@ -1,6 +1,10 @@
 //! jemalloc's run-time controls through heapscope-jemalloc: pausing and resuming sampling, and
 //! changing the rate, seen in what the dumps then hold.
 
+#[path = "../../heapscope/tests/common/mod.rs"]
+mod common;
+
+use common::site;
 use heapscope::SnapshotSource;
 use heapscope_jemalloc::{dump, set_active, set_sample_rate, status, JemallocSource};
 
@@ -11,17 +15,13 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[export_name = "_rjem_malloc_conf"]
 pub static malloc_conf: &[u8] = b"prof:true,prof_accum:true,lg_prof_sample:19\0";
 
-/// Sampled bytes in use under stacks through `function`, in a fresh dump.
-fn sampled_bytes_at(function: &str) -> u64 {
+/// Estimated bytes in use under stacks through `function`, in a fresh dump.
+fn sampled_bytes_at(function: &str) -> i64 {
     let snapshot = JemallocSource::new().snapshot().unwrap();
-    let profile = heapscope::Profile::heap(&snapshot, heapscope::HeapView::InUse);
-    let i = profile.sample_type_index("inuse_space").unwrap();
-    profile
-        .samples
-        .iter()
-        .filter(|s| profile.stack_names(s).iter().any(|n| n.ends_with(function)))
-        .map(|s| s.values[i] as u64)
-        .sum()
+    site(
+        &heapscope::Profile::heap(&snapshot, heapscope::HeapView::InUse),
+        function,
+    )[3]
 }
 
 #[inline(never)]

@@ -7,7 +7,7 @@ mod common;
 #[path = "../../heapscope/tests/common/known_heap.rs"]
 mod known_heap;
 
-use common::{go_pprof, temp_file};
+use common::{go_pprof, stack_through, temp_file};
 use heapscope::{HeapView, Profile, SnapshotSource};
 use heapscope_jemalloc::JemallocSource;
 
@@ -54,12 +54,7 @@ fn estimates_match_what_each_site_really_holds() {
             );
         }
     }
-    let small = profile
-        .samples
-        .iter()
-        .map(|s| profile.stack_names(s))
-        .find(|n| n.iter().any(|f| f.ends_with("known_heap::site_small")))
-        .expect("a small-object sample");
+    let small = stack_through(&profile, "known_heap::site_small").expect("a small-object sample");
     assert!(
         small
             .iter()

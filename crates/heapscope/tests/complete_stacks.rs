@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::stack_through;
 use heapscope::{HeapView, Profile};
 
 #[global_allocator]
@@ -33,12 +34,7 @@ fn main() {
     heapscope::set_sample_rate(heapscope::DEFAULT_SAMPLE_RATE);
 
     let profile = Profile::heap(&heapscope::snapshot(), HeapView::InUse);
-    let stack = profile
-        .samples
-        .iter()
-        .map(|s| profile.stack_names(s))
-        .find(|names| names.iter().any(|n| n.ends_with("inner_level")))
-        .expect("a sample under inner_level");
+    let stack = stack_through(&profile, "inner_level").expect("a sample under inner_level");
     let pos = |suffix: &str| {
         stack
             .iter()

@@ -20,6 +20,16 @@ pub fn site(profile: &Profile, function: &str) -> [i64; 4] {
     out
 }
 
+/// The function names (leaf first) of the first sample whose stack passes through a function
+/// whose name ends with `function`.
+pub fn stack_through<'p>(profile: &'p Profile, function: &str) -> Option<Vec<&'p str>> {
+    profile
+        .samples
+        .iter()
+        .map(|s| profile.stack_names(s))
+        .find(|names| names.iter().any(|n| n.ends_with(function)))
+}
+
 /// Asserts `estimate` is within `tolerance` (a fraction) of `truth`.
 pub fn assert_close(what: &str, estimate: i64, truth: i64, tolerance: f64) {
     let err = (estimate as f64 - truth as f64).abs() / truth as f64;
