@@ -7,7 +7,8 @@
 //!
 //! - churn: two threads each replace a random slot of a 4096-slot ring with a new object,
 //!   10M steps per thread; `small` sizes are 16-256 B, `bytes` sizes are 80% 16-256 B,
-//!   19% 1-64 KiB, 1% 256 KiB-1 MiB. Default sample rate (512 KiB).
+//!   19% 1-64 KiB, 1% 256 KiB-1 MiB. Default sample rate (512 KiB). A last row times bare
+//!   jemalloc against itself: how far apart two identical sides land on this machine.
 //! - sampled: one sampled allocation (and its free) 30 frames deep, at rate 1.
 //! - write: writing a heap profile of 10,000 distinct stacks once symbols are cached.
 
@@ -44,6 +45,14 @@ fn main() {
         );
         print_row(&format!("{name}, jemalloc"), jemalloc);
     }
+    // The noise floor: the bare allocator against itself, timed exactly as above.
+    let (name, sizes, reps) = churn_workloads(reps)[0];
+    let control = compare(
+        reps,
+        || churn(&Jemalloc, sizes, steps),
+        || churn(&Jemalloc, sizes, steps),
+    );
+    print_row(&format!("{name}, jemalloc against itself"), control);
 
     // One sampled allocation 30 frames deep: per-operation medians over batches.
     const BATCH: usize = 2_000;

@@ -28,10 +28,41 @@ pub(crate) fn map_zeroed(len: usize) -> Option<NonNull<u8>> {
     NonNull::new(ptr.cast())
 }
 
+/// Maps `len` bytes as [`map_zeroed`] does, but only at exactly `addr`: `None` if anything is
+/// mapped there already, or if the kernel placed the mapping elsewhere (kernels before 4.17 take
+/// `MAP_FIXED_NOREPLACE` as a hint only).
+pub(crate) fn map_zeroed_at(addr: usize, len: usize) -> Option<NonNull<u8>> {
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so nothing of the process's
+    // is disturbed whatever `addr` is; the result is checked before use.
+    let ptr = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE
+                | libc::MAP_ANONYMOUS
+                | libc::MAP_NORESERVE
+                | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return None;
+    }
+    let got = NonNull::new(ptr.cast())?;
+    if got.as_ptr() as usize != addr {
+        // SAFETY: the mapping was just made, at an address nobody else knows.
+        unsafe { unmap(got, len) };
+        return None;
+    }
+    Some(got)
+}
+
 /// Returns a mapping made by [`map_zeroed`] to the kernel.
 ///
 /// # Safety
-/// `ptr..ptr+len` must be a mapping from [`map_zeroed`] that nothing refers to any more.
+/// `ptr..ptr+len` must be a mapping from [`map_zeroed`] or [`map_zeroed_at`] that nothing refers to any more.
 pub(crate) unsafe fn unmap(ptr: NonNull<u8>, len: usize) {
     // SAFETY: guaranteed by the caller; munmap of a whole mapping we own cannot fail.
     unsafe { libc::munmap(ptr.as_ptr().cast(), len) };

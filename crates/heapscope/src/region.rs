@@ -2,9 +2,13 @@
 //! smaller than [`LARGE`].
 //!
 //! Its purpose is the free path. A free must learn whether its block was sampled, and most frees
-//! are of small blocks that were not. Because every small sampled block lives inside this one
-//! range, that question is a subtraction and a comparison against a constant, with no lock, no
-//! hash probe and no read of memory the profiler does not own ([`contains`]).
+//! are of small blocks that were not. The region is always placed inside one fixed address window
+//! (64 to 80 TiB) where nothing else is mapped in practice, so that question is a shift and a
+//! compare of the pointer against constants ([`in_window`]): no lock, no hash probe, no memory
+//! read at all, not even of the region's own address (a load that, from the user's crate, would
+//! also go through the GOT). A pointer in the window that is not a slot of the region (another
+//! copy of heapscope, or an inner allocator that mapped memory there) only costs the slow path,
+//! which checks the exact range ([`contains`]).
 //!
 //! The range is split into one span per power-of-two size class. A span hands out fixed-size
 //! slots: fresh ones from a bump counter, reused ones from a lock-free LIFO free list (a Treiber
@@ -28,6 +32,19 @@ pub(crate) const REGION_LEN: usize = SPAN * CLASS_COUNT;
 /// The region's start before it exists: kernel space on every 64-bit Linux, so `contains` is
 /// false for any user pointer without a separate "initialised" check.
 const NO_REGION: usize = 0xFFFF_F000_0000_0000;
+/// The region is always placed inside the address window `[WINDOW, WINDOW + 2^WINDOW_SHIFT)`
+/// (64 TiB to 80 TiB). On 47-bit (and larger) address spaces nothing else maps there in practice:
+/// the kernel places mappings top-down from just under 128 TiB and position-independent
+/// executables at about 85 TiB; sanitizer shadows lie below 48 TiB. Where the window cannot be
+/// had (a 39-bit address space), the tables are not set up and every sample is a counted drop.
+const WINDOW_SHIFT: u32 = 44;
+const WINDOW: usize = 4 << WINDOW_SHIFT;
+/// Places tried inside the window, this far apart, should an earlier one be taken.
+const PLACEMENT_STEP: usize = 1 << 40;
+const PLACEMENTS: usize = (1 << WINDOW_SHIFT) / PLACEMENT_STEP;
+// The region fits in the window from its last place, and every place is aligned for the largest
+// slot class.
+const _: () = assert!(REGION_LEN <= PLACEMENT_STEP && PLACEMENT_STEP % LARGE == 0);
 
 static BASE: AtomicUsize = AtomicUsize::new(NO_REGION);
 
@@ -56,8 +73,41 @@ const EMPTY_CLASS: Class = Class {
 };
 static CLASSES: [Class; CLASS_COUNT] = [EMPTY_CLASS; CLASS_COUNT];
 
-/// True when `ptr` is a slot of the region: the free path's whole test for small blocks.
+/// False for every pointer that is not a slot of the region: the free path's whole test for small
+/// blocks, a shift and a compare with no memory read. True may still be a pointer of the inner
+/// allocator; [`contains`] then decides.
 #[inline(always)]
+pub(crate) fn in_window(ptr: *mut u8) -> bool {
+    window_tag(ptr as usize) == WINDOW >> WINDOW_SHIFT
+}
+
+/// `addr >> WINDOW_SHIFT`. On x86-64 the shift is written out, because the compiler otherwise
+/// rewrites `tag == 4` as a mask-and-compare whose two 64-bit constants each take an extra
+/// instruction; in a loop around a fast allocator every instruction on the free path shows.
+#[inline(always)]
+fn window_tag(addr: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut tag = addr;
+        // SAFETY: shifts a register; reads and writes no memory and leaves the stack alone.
+        unsafe {
+            std::arch::asm!(
+                "shr {0}, {shift}",
+                inout(reg) tag,
+                shift = const WINDOW_SHIFT,
+                options(pure, nomem, nostack),
+            )
+        };
+        tag
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        addr >> WINDOW_SHIFT
+    }
+}
+
+/// True when `ptr` is a slot of the region.
+#[inline]
 pub(crate) fn contains(ptr: *mut u8) -> bool {
     (ptr as usize).wrapping_sub(BASE.load(Ordering::Relaxed)) < REGION_LEN
 }
@@ -79,14 +129,15 @@ fn slots_per_class(class: usize) -> u32 {
     (SPAN / slot_size(class)) as u32
 }
 
-/// Reserves the region and the metadata arrays. Called once by [`crate::tables::init`].
+/// Reserves the region and the metadata arrays. Called once by [`crate::tables::ready`].
 /// Returns the bytes of address space reserved, or `None` if it could not be had.
 pub(crate) fn init() -> Option<usize> {
-    // Over-reserve so the base can be aligned to the largest slot: slots are then naturally
-    // aligned to their own size, which satisfies any alignment up to the class size.
-    let reserve = REGION_LEN + LARGE;
-    let raw = os::map_zeroed(reserve)?;
-    let base = (raw.as_ptr() as usize + LARGE - 1) & !(LARGE - 1);
+    // Every place tried is aligned to the largest slot: slots are then naturally aligned to their
+    // own size, which satisfies any alignment up to the class size.
+    let reserve = REGION_LEN;
+    let raw =
+        (0..PLACEMENTS).find_map(|i| os::map_zeroed_at(WINDOW + i * PLACEMENT_STEP, reserve))?;
+    let base = raw.as_ptr() as usize;
     let mut reserved = reserve;
     for (class, c) in CLASSES.iter().enumerate() {
         let len = slots_per_class(class) as usize * std::mem::size_of::<SlotMeta>();
@@ -228,6 +279,43 @@ mod tests {
         assert_eq!(class_of(LARGE, 8), Some(CLASS_COUNT - 1));
         assert_eq!(class_of(LARGE + 1, 8), None);
         assert_eq!(slot_size(CLASS_COUNT - 1), LARGE);
+    }
+
+    #[test]
+    fn the_window_holds_every_place_and_nothing_the_process_maps_itself() {
+        for i in 0..PLACEMENTS {
+            let start = WINDOW + i * PLACEMENT_STEP;
+            assert!(in_window(start as *mut u8));
+            assert!(in_window((start + REGION_LEN - 1) as *mut u8));
+        }
+        assert!(!in_window((WINDOW - 1) as *mut u8));
+        assert!(!in_window((WINDOW + (1 << WINDOW_SHIFT)) as *mut u8));
+        let on_stack = 0u8;
+        let on_heap = Box::new(0u8);
+        let mapped = os::map_zeroed(1 << 20).unwrap();
+        let code = in_window as *const () as *mut u8;
+        for p in [
+            &on_stack as *const u8 as *mut u8,
+            &*on_heap as *const u8 as *mut u8,
+            mapped.as_ptr(),
+            code,
+        ] {
+            assert!(!in_window(p), "{p:p}");
+        }
+        // SAFETY: mapped above, referred to by nothing else.
+        unsafe { os::unmap(mapped, 1 << 20) };
+    }
+
+    #[test]
+    fn a_place_already_mapped_is_never_taken() {
+        // An address below the window that the kernel does not hand out on its own.
+        let addr = 3 << WINDOW_SHIFT;
+        let first = os::map_zeroed_at(addr, 1 << 20).expect("the place is free");
+        assert_eq!(first.as_ptr() as usize, addr);
+        assert!(os::map_zeroed_at(addr, 1 << 20).is_none());
+        assert!(os::map_zeroed_at(addr + (512 << 10), 1 << 20).is_none());
+        // SAFETY: mapped above, referred to by nothing else.
+        unsafe { os::unmap(first, 1 << 20) };
     }
 
     #[test]

@@ -4,10 +4,12 @@
 //! - an allocation that is not sampled costs a thread-local countdown and one branch on top of
 //!   the inner allocator;
 //! - a free of a block that was not sampled costs one compare of `size | align` against a
-//!   constant and one address-range test, with no lock and no table probe (see [`crate::region`]).
+//!   constant and one test of the pointer's top bits, with no lock, no table probe and no memory
+//!   read (see [`crate::region`]).
 //!
 //! Everything else (drawing the next sample distance, walking the stack, interning it, placing
-//! the block, counting) happens in `#[cold]` functions.
+//! the block, counting) happens in `#[cold]` functions. They take the caller's arguments in the
+//! caller's order, the allocator last, so that reaching one is a tail call that saves nothing.
 //!
 //! Must never: allocate through the global allocator (a per-thread guard stops the hook from
 //! sampling inside itself), take a lock, or panic.
@@ -95,9 +97,17 @@ fn countdown(size: usize) -> bool {
     })
 }
 
+/// Whether a sampled block of this layout would be tracked in the large-sample table.
+#[inline(always)]
+fn is_large(layout: Layout) -> bool {
+    (layout.size() | layout.align()) >= region::LARGE
+}
+
+/// The free path's filter: false for every block that was not sampled, at the cost of two
+/// compares against constants.
 #[inline(always)]
 fn maybe_sampled(ptr: *mut u8, layout: Layout) -> bool {
-    (layout.size() | layout.align()) >= region::LARGE || region::contains(ptr)
+    is_large(layout) || region::in_window(ptr)
 }
 
 static SEEDS: AtomicU64 = AtomicU64::new(0);
@@ -201,6 +211,21 @@ fn record_free(stack: u32, size: usize, weight_fx: u64) {
 }
 
 impl<A: GlobalAlloc> Sampler<A> {
+    /// An allocation that crossed this thread's sample point: sampled, or (when sampling is off
+    /// or paused) passed on. Kept out of line so the fast path is a bare tail call.
+    #[cold]
+    #[inline(never)]
+    unsafe fn alloc_slow(layout: Layout, zeroed: bool, this: &Self) -> *mut u8 {
+        match decide(layout.size()) {
+            // SAFETY: forwarded unchanged from our caller.
+            Some(w) => unsafe { this.alloc_sampled(layout, w, zeroed) },
+            // SAFETY: forwarded unchanged from our caller.
+            None if zeroed => unsafe { this.inner.alloc_zeroed(layout) },
+            // SAFETY: forwarded unchanged from our caller.
+            None => unsafe { this.inner.alloc(layout) },
+        }
+    }
+
     /// Records a sampled allocation: walks the stack, interns it and places the block where a
     /// free will recognise it. Any table that is full turns the sample into a counted drop and
     /// the allocation into a plain one.
@@ -248,7 +273,7 @@ impl<A: GlobalAlloc> Sampler<A> {
                 }
             };
             let size = layout.size();
-            if (size | layout.align()) < region::LARGE {
+            if !is_large(layout) {
                 let Some(slot) = region::alloc(size, layout.align()) else {
                     count_drop(Loss::RegionFull);
                     return plain(self);
@@ -282,7 +307,7 @@ impl<A: GlobalAlloc> Sampler<A> {
     /// the large-sample table.
     #[cold]
     #[inline(never)]
-    unsafe fn dealloc_slow(&self, ptr: *mut u8, layout: Layout) {
+    unsafe fn dealloc_slow(ptr: *mut u8, layout: Layout, this: &Self) {
         if region::contains(ptr) {
             let meta = region::slot_of(ptr);
             let stack = meta.stack_or_next.load(Ordering::Relaxed);
@@ -291,30 +316,37 @@ impl<A: GlobalAlloc> Sampler<A> {
             region::free(ptr);
             return;
         }
-        if let Some(s) = live::remove(ptr as usize) {
-            record_free(s.stack, layout.size(), s.weight_fx);
+        if is_large(layout) {
+            if let Some(s) = live::remove(ptr as usize) {
+                record_free(s.stack, layout.size(), s.weight_fx);
+            }
         }
         // SAFETY: not a region slot, so `ptr` came from the inner allocator with `layout`.
-        unsafe { self.inner.dealloc(ptr, layout) }
+        unsafe { this.inner.dealloc(ptr, layout) }
     }
 
     #[cold]
     #[inline(never)]
     unsafe fn realloc_slow(
-        &self,
         ptr: *mut u8,
         layout: Layout,
         new_size: usize,
-        sample_new: Option<u64>,
+        crossed: bool,
+        this: &Self,
     ) -> *mut u8 {
+        let sample_new = if crossed { decide(new_size) } else { None };
         // SAFETY: GlobalAlloc::realloc's contract makes (new_size, align) a valid layout.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
         if sample_new.is_none() && !region::contains(ptr) {
-            // A large block of the inner allocator, not sampled again: let the inner allocator
-            // resize it in place, and count the old sample (if any) as freed once it has.
-            let old = live::remove(ptr as usize);
+            // A block of the inner allocator, not sampled again: let the inner allocator resize
+            // it in place, and count the old sample (if any) as freed once it has.
+            let old = if is_large(layout) {
+                live::remove(ptr as usize)
+            } else {
+                None
+            };
             // SAFETY: `ptr` came from the inner allocator with `layout` (it is not a region slot).
-            let new = unsafe { self.inner.realloc(ptr, layout, new_size) };
+            let new = unsafe { this.inner.realloc(ptr, layout, new_size) };
             match old {
                 Some(s) if new.is_null() => {
                     // The old block is still there and still sampled.
@@ -328,15 +360,15 @@ impl<A: GlobalAlloc> Sampler<A> {
         // The new block is sampled, or the old one is a region slot: move it.
         let new = match sample_new {
             // SAFETY: new_layout has a non-zero size (GlobalAlloc::realloc's contract).
-            Some(w) => unsafe { self.alloc_sampled(new_layout, w, false) },
+            Some(w) => unsafe { this.alloc_sampled(new_layout, w, false) },
             // SAFETY: as above.
-            None => unsafe { self.inner.alloc(new_layout) },
+            None => unsafe { this.inner.alloc(new_layout) },
         };
         if !new.is_null() {
             // SAFETY: both blocks are live, distinct, and at least this long.
             unsafe { std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size)) };
             // SAFETY: `ptr` was allocated by this allocator with `layout` and is not used again.
-            unsafe { self.dealloc(ptr, layout) };
+            unsafe { this.dealloc(ptr, layout) };
         }
         new
     }
@@ -353,12 +385,8 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Sampler<A> {
             // SAFETY: forwarded unchanged from our caller.
             return unsafe { self.inner.alloc(layout) };
         }
-        match decide(layout.size()) {
-            // SAFETY: forwarded unchanged from our caller.
-            Some(w) => unsafe { self.alloc_sampled(layout, w, false) },
-            // SAFETY: forwarded unchanged from our caller.
-            None => unsafe { self.inner.alloc(layout) },
-        }
+        // SAFETY: forwarded unchanged from our caller.
+        unsafe { Self::alloc_slow(layout, false, self) }
     }
 
     #[inline]
@@ -367,19 +395,15 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Sampler<A> {
             // SAFETY: forwarded unchanged from our caller.
             return unsafe { self.inner.alloc_zeroed(layout) };
         }
-        match decide(layout.size()) {
-            // SAFETY: forwarded unchanged from our caller.
-            Some(w) => unsafe { self.alloc_sampled(layout, w, true) },
-            // SAFETY: forwarded unchanged from our caller.
-            None => unsafe { self.inner.alloc_zeroed(layout) },
-        }
+        // SAFETY: forwarded unchanged from our caller.
+        unsafe { Self::alloc_slow(layout, true, self) }
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if maybe_sampled(ptr, layout) {
             // SAFETY: forwarded unchanged from our caller.
-            unsafe { self.dealloc_slow(ptr, layout) }
+            unsafe { Self::dealloc_slow(ptr, layout, self) }
         } else {
             // SAFETY: not a region slot, so the inner allocator made it with this layout.
             unsafe { self.inner.dealloc(ptr, layout) }
@@ -388,17 +412,13 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Sampler<A> {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let sample_new = if countdown(new_size) {
-            None
-        } else {
-            decide(new_size)
-        };
-        if sample_new.is_none() && !maybe_sampled(ptr, layout) {
+        let crossed = !countdown(new_size);
+        if !crossed && !maybe_sampled(ptr, layout) {
             // SAFETY: neither block is sampled: this is the inner allocator's realloc unchanged.
             return unsafe { self.inner.realloc(ptr, layout, new_size) };
         }
         // SAFETY: forwarded unchanged from our caller.
-        unsafe { self.realloc_slow(ptr, layout, new_size, sample_new) }
+        unsafe { Self::realloc_slow(ptr, layout, new_size, crossed, self) }
     }
 }
 

@@ -95,7 +95,8 @@ pub struct Stats {
     pub sampled_block_bytes: usize,
     /// Address space reserved for all tables; only touched pages are resident.
     pub reserved_bytes: usize,
-    /// Samples lost because the tables were not there yet (or could not be mapped).
+    /// Samples lost because the tables were not there yet, or could not be mapped (for instance
+    /// when the sampled-block region's address window is taken).
     pub dropped_no_tables: u64,
     /// Samples lost because the stack table was full.
     pub dropped_stack_table_full: u64,
