@@ -10,14 +10,32 @@ use std::ptr::NonNull;
 /// on first touch. Returns `None` when the address space cannot be had (an `ulimit -v`, or
 /// strict overcommit); callers then run without the table and count what they drop.
 pub(crate) fn map_zeroed(len: usize) -> Option<NonNull<u8>> {
-    // SAFETY: an anonymous private mapping with no address hint has no preconditions; the result
-    // is checked against MAP_FAILED before use.
+    map(0, len, 0)
+}
+
+/// Maps `len` bytes as [`map_zeroed`] does, but only at exactly `addr`: `None` if anything is
+/// mapped there already, or if the kernel placed the mapping elsewhere (kernels before 4.17 take
+/// `MAP_FIXED_NOREPLACE` as a hint only).
+pub(crate) fn map_zeroed_at(addr: usize, len: usize) -> Option<NonNull<u8>> {
+    let got = map(addr, len, libc::MAP_FIXED_NOREPLACE)?;
+    if got.as_ptr() as usize != addr {
+        // SAFETY: the mapping was just made, at an address nobody else knows.
+        unsafe { unmap(got, len) };
+        return None;
+    }
+    Some(got)
+}
+
+fn map(addr: usize, len: usize, extra_flags: libc::c_int) -> Option<NonNull<u8>> {
+    // SAFETY: an anonymous private mapping, either anywhere or (MAP_FIXED_NOREPLACE) only where
+    // nothing is mapped yet, so no existing mapping of the process is disturbed; the result is
+    // checked against MAP_FAILED before use.
     let ptr = unsafe {
         libc::mmap(
-            std::ptr::null_mut(),
+            addr as *mut libc::c_void,
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | extra_flags,
             -1,
             0,
         )
@@ -28,41 +46,11 @@ pub(crate) fn map_zeroed(len: usize) -> Option<NonNull<u8>> {
     NonNull::new(ptr.cast())
 }
 
-/// Maps `len` bytes as [`map_zeroed`] does, but only at exactly `addr`: `None` if anything is
-/// mapped there already, or if the kernel placed the mapping elsewhere (kernels before 4.17 take
-/// `MAP_FIXED_NOREPLACE` as a hint only).
-pub(crate) fn map_zeroed_at(addr: usize, len: usize) -> Option<NonNull<u8>> {
-    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so nothing of the process's
-    // is disturbed whatever `addr` is; the result is checked before use.
-    let ptr = unsafe {
-        libc::mmap(
-            addr as *mut libc::c_void,
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE
-                | libc::MAP_ANONYMOUS
-                | libc::MAP_NORESERVE
-                | libc::MAP_FIXED_NOREPLACE,
-            -1,
-            0,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        return None;
-    }
-    let got = NonNull::new(ptr.cast())?;
-    if got.as_ptr() as usize != addr {
-        // SAFETY: the mapping was just made, at an address nobody else knows.
-        unsafe { unmap(got, len) };
-        return None;
-    }
-    Some(got)
-}
-
 /// Returns a mapping made by [`map_zeroed`] to the kernel.
 ///
 /// # Safety
-/// `ptr..ptr+len` must be a mapping from [`map_zeroed`] or [`map_zeroed_at`] that nothing refers to any more.
+/// `ptr..ptr+len` must be a mapping from [`map_zeroed`] or [`map_zeroed_at`] that nothing refers
+/// to any more.
 pub(crate) unsafe fn unmap(ptr: NonNull<u8>, len: usize) {
     // SAFETY: guaranteed by the caller; munmap of a whole mapping we own cannot fail.
     unsafe { libc::munmap(ptr.as_ptr().cast(), len) };
