@@ -250,12 +250,17 @@ fn timeline_growing_list_and_trees_follow_a_growing_site() {
     drop(kept);
 }
 
-#[test]
-fn without_history_the_timeline_says_so() {
-    let server = heapscope_server::Options::new()
+/// A server of its own that keeps no snapshot history.
+fn server_without_history() -> heapscope_server::Server {
+    heapscope_server::Options::new()
         .without_history()
         .spawn("127.0.0.1:0")
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn without_history_the_timeline_says_so() {
+    let server = server_without_history();
     let r = request_to(
         server.local_addr(),
         "GET /debug/pprof/ui/api/snapshots HTTP/1.1",
@@ -323,10 +328,7 @@ func main() {
     assert!(status.success());
     let go_profile = std::fs::read(&out).unwrap();
 
-    let server = heapscope_server::Options::new()
-        .without_history()
-        .spawn("127.0.0.1:0")
-        .unwrap();
+    let server = server_without_history();
     let r = request_to(
         server.local_addr(),
         "POST /debug/pprof/ui/api/tree HTTP/1.1",
