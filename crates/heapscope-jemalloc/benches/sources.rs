@@ -49,7 +49,7 @@ fn main() {
     heapscope::set_sample_rate(RATE as usize);
     assert_eq!(set_sample_rate(RATE).unwrap(), RATE);
     jemalloc_profiling(false);
-    println!("two sources, one workload: {steps} steps x 2 threads, {reps} (small: {}) interleaved runs, medians of CPU seconds", reps * 2);
+    println!("two sources, one workload: {steps} steps x 2 threads, {reps} (small: {}) interleaved runs, medians of CPU seconds", churn_workloads(reps)[0].2);
     print_header("source s");
     for (name, sizes, reps) in churn_workloads(reps) {
         let ours = compare(

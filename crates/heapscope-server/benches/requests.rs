@@ -34,7 +34,7 @@ fn main() {
     println!("heapscope-server benchmark ({reps} interleaved runs, medians)");
 
     // An idle server next to the hook: churn with no server, then with one listening.
-    let (alone, beside) = compare(
+    let c = compare(
         reps,
         || churn(&GLOBAL, Sizes::Small, steps),
         || {
@@ -47,9 +47,12 @@ fn main() {
         },
     );
     println!(
-        "{:<48} {alone:>9.3}s {beside:>9.3}s {:>7.3}",
+        "{:<48} {:>9.3}s {:>9.3}s {:>7.3} (paired {:.3})",
         "small-object churn: no server vs idle server",
-        beside / alone
+        c.bare,
+        c.hooked,
+        c.hooked / c.bare,
+        c.paired
     );
 
     // A heap profile of 10,000 distinct stacks, requested over loopback.

@@ -2,7 +2,7 @@
 //!
 //! Every workload calls the allocators through `GlobalAlloc` directly, so one process can run
 //! the bare allocator and `Sampler<allocator>` back to back, interleaved, repeated, and compare
-//! medians. Run with `cargo bench -p heapscope --bench overhead` (add `-- quick` for a short run,
+//! medians (and, drift-proof, the median ratio of back-to-back pairs). Run with `cargo bench -p heapscope --bench overhead` (add `-- quick` for a short run,
 //! and `--features backtrace-fallback` to also time the fallback unwinder).
 //!
 //! - churn: two threads each replace a random slot of a 4096-slot ring with a new object,
@@ -28,7 +28,7 @@ static SAMPLED_JEMALLOC: Sampler<Jemalloc> = Sampler::new(Jemalloc);
 fn main() {
     let (steps, reps) = run_length(10);
     heapscope::set_sample_rate(heapscope::DEFAULT_SAMPLE_RATE);
-    println!("heapscope overhead benchmark: {steps} steps x 2 threads, {reps} (small: {}) interleaved runs, medians", reps * 2);
+    println!("heapscope overhead benchmark: {steps} steps x 2 threads, {reps} (small: {}) interleaved runs, medians", churn_workloads(reps)[0].2);
     println!("(churn: CPU seconds of both threads together)");
     print_header("hooked s");
     for (name, sizes, reps) in churn_workloads(reps) {

@@ -98,6 +98,16 @@ pub(crate) fn insert(addr: usize, stack: u32, weight_fx: u64) -> bool {
     false
 }
 
+/// Whether a block is in the table, that is, sampled.
+pub(crate) fn contains(addr: usize) -> bool {
+    let Some(t) = table() else { return false };
+    buckets(addr).into_iter().any(|first| {
+        t.keys[first..first + BUCKET]
+            .iter()
+            .any(|k| k.load(Ordering::Relaxed) == addr)
+    })
+}
+
 /// Removes a block if it was sampled, returning what its allocation recorded.
 ///
 /// The block's owner hands the pointer to the freeing thread, so the record, written before the
@@ -135,10 +145,12 @@ mod tests {
                 assert!(insert(a, i as u32, 7), "bucket full at round {round}");
             }
             assert!(remove(base - (1 << 17)).is_none());
+            assert!(addrs.iter().all(|&a| contains(a)));
             for (i, &a) in addrs.iter().enumerate() {
                 let s = remove(a).expect("inserted block found");
                 assert_eq!((s.stack, s.weight_fx), (i as u32, 7));
                 assert!(remove(a).is_none(), "removed twice");
+                assert!(!contains(a));
             }
         }
     }

@@ -25,7 +25,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 /// tracked in [`crate::live`]. A power of two, so `size | align >= LARGE` tests both at once.
 pub(crate) const LARGE: usize = 128 << 10;
 const MIN_CLASS_SHIFT: u32 = 4; // 16 bytes
-const CLASS_COUNT: usize = 14; // 16 B ..= 128 KiB
+/// 16 B ..= 256 KiB: a tagged block (see `sampler::TAG`) just under [`LARGE`] needs a slot 8 bytes
+/// longer.
+const CLASS_COUNT: usize = 15;
+const MAX_SLOT: usize = 1 << (MIN_CLASS_SHIFT as usize + CLASS_COUNT - 1);
 /// Address space reserved per size class. Only touched pages are ever resident.
 const SPAN: usize = 512 << 20;
 pub(crate) const REGION_LEN: usize = SPAN * CLASS_COUNT;
@@ -44,7 +47,7 @@ const PLACEMENT_STEP: usize = 1 << 40;
 const PLACEMENTS: usize = (1 << WINDOW_SHIFT) / PLACEMENT_STEP;
 // The region fits in the window from its last place, and every place is aligned for the largest
 // slot class.
-const _: () = assert!(REGION_LEN <= PLACEMENT_STEP && PLACEMENT_STEP % LARGE == 0);
+const _: () = assert!(REGION_LEN <= PLACEMENT_STEP && PLACEMENT_STEP % MAX_SLOT == 0);
 
 static BASE: AtomicUsize = AtomicUsize::new(NO_REGION);
 
@@ -176,15 +179,16 @@ pub(crate) struct Slot {
     pub(crate) meta: &'static SlotMeta,
 }
 
-/// Takes a slot that fits `size` bytes at `align`. `None` if the region was not reserved, the
-/// class is too large, or the class's span is used up; the caller then falls back to the inner
-/// allocator and counts a drop.
-pub(crate) fn alloc(size: usize, align: usize) -> Option<Slot> {
+/// Takes a slot that fits `size` bytes at `align`, starting `offset` bytes into the slot (slots
+/// are aligned to their size, so a block at `offset` 8 has bit 3 of its address set). `None` if
+/// the region was not reserved, the class is too large, or the class's span is used up; the
+/// caller then falls back to the inner allocator and counts a drop.
+pub(crate) fn alloc(size: usize, align: usize, offset: usize) -> Option<Slot> {
     let base = BASE.load(Ordering::Acquire);
     if base == NO_REGION {
         return None;
     }
-    let class = class_of(size, align)?;
+    let class = class_of(size + offset, align)?;
     let c = &CLASSES[class];
     let index = pop_free(class).or_else(|| {
         c.bumped
@@ -193,7 +197,7 @@ pub(crate) fn alloc(size: usize, align: usize) -> Option<Slot> {
             })
             .ok()
     })?;
-    let addr = base + class * SPAN + index as usize * slot_size(class);
+    let addr = base + class * SPAN + index as usize * slot_size(class) + offset;
     Some(Slot {
         ptr: NonNull::new(addr as *mut u8)?,
         meta: meta_ptr(class, index),
@@ -276,9 +280,11 @@ mod tests {
         assert_eq!(class_of(16, 8), Some(0));
         assert_eq!(class_of(17, 8), Some(1));
         assert_eq!(class_of(24, 64), Some(2));
-        assert_eq!(class_of(LARGE, 8), Some(CLASS_COUNT - 1));
-        assert_eq!(class_of(LARGE + 1, 8), None);
-        assert_eq!(slot_size(CLASS_COUNT - 1), LARGE);
+        assert_eq!(class_of(LARGE, 8), Some(CLASS_COUNT - 2));
+        assert_eq!(class_of(LARGE - 1 + 8, 8), Some(CLASS_COUNT - 1));
+        assert_eq!(class_of(MAX_SLOT + 1, 8), None);
+        assert_eq!(slot_size(CLASS_COUNT - 1), MAX_SLOT);
+        assert_eq!(MAX_SLOT, 2 * LARGE);
     }
 
     #[test]

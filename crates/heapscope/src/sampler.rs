@@ -3,9 +3,20 @@
 //! The common cases are kept as cheap as they can be:
 //! - an allocation that is not sampled costs a thread-local countdown and one branch on top of
 //!   the inner allocator;
-//! - a free of a block that was not sampled costs one compare of `size | align` against a
-//!   constant and one test of the pointer's top bits, with no lock, no table probe and no memory
-//!   read (see [`crate::region`]).
+//! - a free of a block that was not sampled costs one test of one bit of the pointer (for
+//!   alignments up to 8; otherwise a compare of `size | align` and a test of the pointer's top
+//!   bits), with no lock, no table probe and no memory read.
+//!
+//! The free can be that cheap because sampled blocks are placed where it can tell them apart by
+//! address alone. Every sampled block lies in the region ([`crate::region`]), whose address
+//! window is a shift and a compare away, or is 128 KiB or larger and recorded in the large-sample
+//! table ([`crate::live`]). On top of that, a sampled block whose alignment is 8 or less is always
+//! handed out 8 bytes past a 16-byte boundary ([`TAG`]). The inner allocators that matter return
+//! 16-byte aligned blocks (glibc, musl and jemalloc for every size above 8 bytes), so for them a
+//! free whose pointer has that bit clear is known not to be sampled after one test. A pointer that
+//! has it (jemalloc's 8-byte blocks, or those of an allocator that packs small blocks on 8-byte
+//! boundaries) is only tested the long way, inline, exactly as blocks of larger alignment always
+//! are.
 //!
 //! Everything else (drawing the next sample distance, walking the stack, interning it, placing
 //! the block, counting) happens in `#[cold]` functions. They take the caller's arguments in the
@@ -103,11 +114,39 @@ fn is_large(layout: Layout) -> bool {
     (layout.size() | layout.align()) >= region::LARGE
 }
 
-/// The free path's filter: false for every block that was not sampled, at the cost of two
-/// compares against constants.
+/// The address bit every sampled block of alignment 8 or less has set: such blocks start 8 bytes
+/// past a 16-byte boundary.
+pub(crate) const TAG: usize = 8;
+
+/// Whether a sampled block of this layout carries [`TAG`].
+#[inline(always)]
+fn tagged(layout: Layout) -> bool {
+    layout.align() <= TAG
+}
+
+/// The free path's filter: false for every block that was not sampled. For alignments up to 8
+/// (known at compile time for most frees) a block without [`TAG`] was not sampled: one test and
+/// one branch. Past that, or with the tag set, two compares against constants decide.
+///
+/// Written as two separate returns: in the global allocator shim, where the alignment is not a
+/// constant, the compiler then emits two compare-and-branch pairs, alignment first (four
+/// instructions), where a single `&&` has it merge both conditions with `setcc` (six).
 #[inline(always)]
 fn maybe_sampled(ptr: *mut u8, layout: Layout) -> bool {
-    is_large(layout) || region::in_window(ptr)
+    if !tagged(layout) {
+        return is_large(layout) || region::in_window(ptr);
+    }
+    ptr as usize & TAG != 0 && (region::in_window(ptr) || is_large(layout))
+}
+
+/// The inner allocator's layout for a large sampled block of `layout`, and the block's offset in
+/// it: a tagged block is 16 bytes longer, 16-byte aligned, and starts [`TAG`] bytes in.
+fn large_placement(layout: Layout) -> Option<(Layout, usize)> {
+    if !tagged(layout) {
+        return Some((layout, 0));
+    }
+    let outer = Layout::from_size_align(layout.size().checked_add(2 * TAG)?, 2 * TAG).ok()?;
+    Some((outer, TAG))
 }
 
 static SEEDS: AtomicU64 = AtomicU64::new(0);
@@ -274,7 +313,8 @@ impl<A: GlobalAlloc> Sampler<A> {
             };
             let size = layout.size();
             if !is_large(layout) {
-                let Some(slot) = region::alloc(size, layout.align()) else {
+                let offset = if tagged(layout) { TAG } else { 0 };
+                let Some(slot) = region::alloc(size, layout.align(), offset) else {
                     count_drop(Loss::RegionFull);
                     return plain(self);
                 };
@@ -289,16 +329,34 @@ impl<A: GlobalAlloc> Sampler<A> {
                 record_alloc(stack, size, weight_fx);
                 slot.ptr.as_ptr()
             } else {
-                let ptr = plain(self);
-                if ptr.is_null() {
-                    return ptr;
+                let Some((outer, offset)) = large_placement(layout) else {
+                    // A size this close to `isize::MAX` cannot be served by any allocator.
+                    return plain(self);
+                };
+                // SAFETY: `outer` has a non-zero size (it is at least `layout`'s).
+                let raw = unsafe {
+                    if zeroed {
+                        self.inner.alloc_zeroed(outer)
+                    } else {
+                        self.inner.alloc(outer)
+                    }
+                };
+                if raw.is_null() {
+                    return raw;
                 }
+                // SAFETY: `offset` is 0 or TAG, inside the `outer.size() > TAG` bytes at `raw`.
+                let ptr = unsafe { raw.add(offset) };
                 if live::insert(ptr as usize, stack, weight_fx) {
                     record_alloc(stack, size, weight_fx);
+                    ptr
                 } else {
+                    // Untracked, a tagged block could not be told apart from a plain one when
+                    // freed: give it back and hand out a plain block instead.
                     count_drop(Loss::LargeTableFull);
+                    // SAFETY: allocated just above with `outer`, never handed out.
+                    unsafe { self.inner.dealloc(raw, outer) };
+                    plain(self)
                 }
-                ptr
             }
         })
     }
@@ -319,10 +377,26 @@ impl<A: GlobalAlloc> Sampler<A> {
         if is_large(layout) {
             if let Some(s) = live::remove(ptr as usize) {
                 record_free(s.stack, layout.size(), s.weight_fx);
+                // SAFETY: a large sampled block of `layout`, no longer used.
+                unsafe { this.dealloc_large(ptr, layout) };
+                return;
             }
         }
-        // SAFETY: not a region slot, so `ptr` came from the inner allocator with `layout`.
+        // SAFETY: not a sampled block, so `ptr` came from the inner allocator with `layout`.
         unsafe { this.inner.dealloc(ptr, layout) }
+    }
+
+    /// Gives a large sampled block back to the inner allocator.
+    ///
+    /// # Safety
+    /// `ptr` was handed out by `alloc_sampled` for `layout` as a large block, and is not used
+    /// again.
+    unsafe fn dealloc_large(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `large_placement` gave a placement for this layout when the block was placed,
+        // and gives the same one now.
+        let (outer, offset) = unsafe { large_placement(layout).unwrap_unchecked() };
+        // SAFETY: the block starts `offset` bytes into an allocation of `outer`.
+        unsafe { self.inner.dealloc(ptr.sub(offset), outer) }
     }
 
     #[cold]
@@ -337,7 +411,12 @@ impl<A: GlobalAlloc> Sampler<A> {
         let sample_new = if crossed { decide(new_size) } else { None };
         // SAFETY: GlobalAlloc::realloc's contract makes (new_size, align) a valid layout.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
-        if sample_new.is_none() && !region::contains(ptr) {
+        // A tagged large block sits inside a padded allocation, so it cannot be resized in place
+        // into a plain one.
+        let moves = sample_new.is_some()
+            || region::contains(ptr)
+            || (is_large(layout) && tagged(layout) && live::contains(ptr as usize));
+        if !moves {
             // A block of the inner allocator, not sampled again: let the inner allocator resize
             // it in place, and count the old sample (if any) as freed once it has.
             let old = if is_large(layout) {
@@ -345,7 +424,8 @@ impl<A: GlobalAlloc> Sampler<A> {
             } else {
                 None
             };
-            // SAFETY: `ptr` came from the inner allocator with `layout` (it is not a region slot).
+            // SAFETY: not a region slot nor a tagged large block, so `ptr` came from the inner
+            // allocator with `layout`.
             let new = unsafe { this.inner.realloc(ptr, layout, new_size) };
             match old {
                 Some(s) if new.is_null() => {
@@ -357,7 +437,7 @@ impl<A: GlobalAlloc> Sampler<A> {
             }
             return new;
         }
-        // The new block is sampled, or the old one is a region slot: move it.
+        // Move it.
         let new = match sample_new {
             // SAFETY: new_layout has a non-zero size (GlobalAlloc::realloc's contract).
             Some(w) => unsafe { this.alloc_sampled(new_layout, w, false) },
@@ -374,10 +454,13 @@ impl<A: GlobalAlloc> Sampler<A> {
     }
 }
 
-// SAFETY: every block handed out is either the inner allocator's (for the layout asked) or a
-// region slot at least as large and as aligned as the layout (region::alloc's classes round
-// `max(size, align)` up to a power of two inside an aligned span), used by one owner at a time.
-// Frees go back to whichever of the two made the block, told apart by address.
+// SAFETY: every block handed out is one of: the inner allocator's, for the layout asked; a region
+// slot at least as large and as aligned as the layout, or 8 bytes into such a slot for alignments
+// up to 8 (region::alloc's classes round `max(size + offset, align)` up to a power of two inside
+// an aligned span); or, for a large sampled block of alignment up to 8, 8 bytes into an inner
+// allocation 16 bytes longer and 16-byte aligned. Each is used by one owner at a time. Frees go
+// back to whichever made the block, told apart by address and, for large ones, the large-sample
+// table.
 unsafe impl<A: GlobalAlloc> GlobalAlloc for Sampler<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {

@@ -20,7 +20,7 @@ static GLOBAL: heapscope::Sampler<std::alloc::System> = heapscope::Sampler::new(
 /// The window and the region's size, as `src/region.rs` defines them.
 const WINDOW: usize = 4 << 44;
 const WINDOW_LEN: usize = 1 << 44;
-const REGION_LEN: usize = 7 << 30;
+const REGION_LEN: usize = 15 * (512 << 20);
 
 const CASE_VAR: &str = "HEAPSCOPE_REGION_CASE";
 

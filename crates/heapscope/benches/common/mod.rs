@@ -97,10 +97,10 @@ pub fn run_length(full_reps: usize) -> (usize, usize) {
 }
 
 /// The two churn workloads, named, with the runs each gets: small-object churn is cheap per run
-/// and the noisier ratio, so it gets twice the runs.
+/// and the noisier ratio, so it gets four times the runs.
 pub fn churn_workloads(reps: usize) -> [(&'static str, Sizes, usize); 2] {
     [
-        ("small-object churn", Sizes::Small, reps * 2),
+        ("small-object churn", Sizes::Small, reps * 4),
         ("byte-heavy churn", Sizes::ByteHeavy, reps),
     ]
 }
@@ -108,16 +108,20 @@ pub fn churn_workloads(reps: usize) -> [(&'static str, Sizes, usize); 2] {
 /// The header of a results table of [`print_row`]s.
 pub fn print_header(hooked: &str) {
     println!(
-        "{:<46} {:>10} {:>10} {:>8}",
-        "workload", "bare s", hooked, "ratio"
+        "{:<46} {:>10} {:>10} {:>8} {:>8}",
+        "workload", "bare s", hooked, "ratio", "paired"
     );
 }
 
-/// One row: a workload's medians, bare and hooked, and their ratio.
-pub fn print_row(name: &str, (bare, hooked): (f64, f64)) {
+/// One row: a workload's medians, bare and hooked, their ratio, and the median of the
+/// back-to-back pairs' ratios.
+pub fn print_row(name: &str, c: Comparison) {
     println!(
-        "{name:<46} {bare:>10.3} {hooked:>10.3} {:>8.3}",
-        hooked / bare
+        "{name:<46} {:>10.3} {:>10.3} {:>8.3} {:>8.3}",
+        c.bare,
+        c.hooked,
+        c.hooked / c.bare,
+        c.paired
     );
 }
 
@@ -126,13 +130,25 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Runs `base` and `hooked` `reps` times each, alternating which goes first (ABBA) so that
-/// neither always runs in the wake of the other; returns (median base, median hooked) in s.
+/// What [`compare`] measured.
+pub struct Comparison {
+    /// Median seconds of the bare runs.
+    pub bare: f64,
+    /// Median seconds of the hooked runs.
+    pub hooked: f64,
+    /// The median over the back-to-back pairs of hooked / bare. On a shared machine whose speed
+    /// drifts by tens of percent over seconds, this cancels the drift that the ratio of the two
+    /// medians only averages out.
+    pub paired: f64,
+}
+
+/// Runs `base` and `hooked` `reps` times each, back to back, alternating which goes first (ABBA)
+/// so that neither always runs in the wake of the other.
 pub fn compare(
     reps: usize,
     mut base: impl FnMut() -> Duration,
     mut hooked: impl FnMut() -> Duration,
-) -> (f64, f64) {
+) -> Comparison {
     let (mut b, mut h) = (Vec::new(), Vec::new());
     for i in 0..reps {
         if i % 2 == 0 {
@@ -143,7 +159,12 @@ pub fn compare(
             b.push(base().as_secs_f64());
         }
     }
-    (median(b), median(h))
+    let paired = median(h.iter().zip(&b).map(|(h, b)| h / b).collect());
+    Comparison {
+        bare: median(b),
+        hooked: median(h),
+        paired,
+    }
 }
 
 /// Builds a distinct call path from `bits` (two alternating functions per level, `depth` levels)
