@@ -51,7 +51,7 @@ fn main() {
         "small-object churn: no server vs idle server",
         c.bare,
         c.hooked,
-        c.hooked / c.bare,
+        c.ratio(),
         c.paired
     );
 

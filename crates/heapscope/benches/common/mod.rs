@@ -120,7 +120,7 @@ pub fn print_row(name: &str, c: Comparison) {
         "{name:<46} {:>10.3} {:>10.3} {:>8.3} {:>8.3}",
         c.bare,
         c.hooked,
-        c.hooked / c.bare,
+        c.ratio(),
         c.paired
     );
 }
@@ -140,6 +140,13 @@ pub struct Comparison {
     /// drifts by tens of percent over seconds, this cancels the drift that the ratio of the two
     /// medians only averages out.
     pub paired: f64,
+}
+
+impl Comparison {
+    /// The ratio of the medians, hooked / bare: the figure the budgets are stated in.
+    pub fn ratio(&self) -> f64 {
+        self.hooked / self.bare
+    }
 }
 
 /// Runs `base` and `hooked` `reps` times each, back to back, alternating which goes first (ABBA)
