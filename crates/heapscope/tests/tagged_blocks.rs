@@ -263,7 +263,17 @@ fn an_inner_allocator_whose_blocks_carry_the_tag() {
         churn_through_shifted(if rate == 1 { 400 } else { 2000 });
     }
     heapscope::set_sample_rate(0);
-    let [alloc_objects, _, inuse_objects, inuse_space] = site(&profile(), "shifted_worker");
+    // A worker's last free can come just after the scope has joined it: std's channel keeps a
+    // small per-thread context for blocking receives, dropped by a thread-local destructor that
+    // runs once the worker's closure has returned. Give those a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let [alloc_objects, _, inuse_objects, inuse_space] = loop {
+        let counts = site(&profile(), "shifted_worker");
+        if counts[2..] == [0, 0] || std::time::Instant::now() > deadline {
+            break counts;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
     assert!(
         alloc_objects > 1000,
         "rate 1 sampled {alloc_objects} blocks"
