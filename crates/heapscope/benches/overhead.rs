@@ -9,13 +9,15 @@
 //!   10M steps per thread; `small` sizes are 16-256 B, `bytes` sizes are 80% 16-256 B,
 //!   19% 1-64 KiB, 1% 256 KiB-1 MiB. Default sample rate (512 KiB). A last row times bare
 //!   jemalloc against itself: how far apart two identical sides land on this machine.
-//! - sampled: one sampled allocation (and its free) 30 frames deep, at rate 1.
+//! - sampled: one sampled allocation (and its free) 30 frames deep, at rate 1; then sampled
+//!   allocations from one call site on one thread and on two at once.
 //! - write: writing a heap profile of 10,000 distinct stacks once symbols are cached.
 
 mod common;
 
 use common::{
-    churn, churn_workloads, compare, deep, median, print_header, print_row, run_length, stack_path,
+    churn, churn_workloads, compare, deep, median, print_header, print_row, run_length, size,
+    stack_path, thread_cpu_time, xorshift, Sizes,
 };
 use heapscope::Sampler;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -89,6 +91,20 @@ fn main() {
         );
     }
 
+    // Sampled allocations from one call site on one thread, then on two at once: what the
+    // threads' sharing of the tables costs each sample.
+    heapscope::set_sample_rate(1);
+    let alone = median((0..15).map(|_| sampled_at_one_site(1)).collect());
+    let together = median((0..15).map(|_| sampled_at_one_site(2)).collect());
+    heapscope::set_sample_rate(heapscope::DEFAULT_SAMPLE_RATE);
+    println!(
+        "{:<44} {:>9.0}ns {:>9.0}ns {:>8.1}",
+        "sampled alloc+free, one site, 1 -> 2 threads",
+        alone,
+        together,
+        together / alone
+    );
+
     // Writing a heap profile of 10,000 distinct stacks, symbols cached.
     heapscope::set_sample_rate(1);
     let mut keep = Vec::with_capacity(10_000);
@@ -123,4 +139,45 @@ fn main() {
         // SAFETY: allocated by stack_path with this layout.
         unsafe { SAMPLED_SYSTEM.dealloc(p as *mut u8, Layout::from_size_align(256, 8).unwrap()) };
     }
+}
+
+/// Nanoseconds of CPU per sampled allocation and free when `threads` threads each replace blocks
+/// of a 64-slot ring from the same call site (run at rate 1).
+fn sampled_at_one_site(threads: usize) -> f64 {
+    const STEPS: usize = 200_000;
+    let cpu: std::time::Duration = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads as u64)
+            .map(|t| {
+                scope.spawn(move || {
+                    let start = thread_cpu_time();
+                    let mut ring = [(std::ptr::null_mut::<u8>(), 0usize); 64];
+                    let mut s = 0x9E37_79B9 + t;
+                    for i in 0..STEPS {
+                        let n = size(Sizes::Small, xorshift(&mut s));
+                        let slot = &mut ring[i % 64];
+                        // SAFETY: each block is freed once, with the size it was allocated with.
+                        unsafe {
+                            if !slot.0.is_null() {
+                                SAMPLED_JEMALLOC
+                                    .dealloc(slot.0, Layout::from_size_align_unchecked(slot.1, 8));
+                            }
+                            let p = SAMPLED_JEMALLOC.alloc(Layout::from_size_align_unchecked(n, 8));
+                            assert!(!p.is_null());
+                            p.write_volatile(1);
+                            *slot = (p, n);
+                        }
+                    }
+                    for (p, n) in ring {
+                        // SAFETY: as above.
+                        unsafe {
+                            SAMPLED_JEMALLOC.dealloc(p, Layout::from_size_align_unchecked(n, 8))
+                        };
+                    }
+                    thread_cpu_time() - start
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
+    });
+    cpu.as_nanos() as f64 / (STEPS * threads) as f64
 }

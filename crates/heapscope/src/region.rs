@@ -11,9 +11,14 @@
 //! which checks the exact range ([`contains`]).
 //!
 //! The range is split into one span per power-of-two size class. A span hands out fixed-size
-//! slots: fresh ones from a bump counter, reused ones from a lock-free LIFO free list (a Treiber
-//! stack whose head carries a generation tag against ABA). Each slot has a metadata record in a
+//! slots: fresh ones from a bump counter, reused ones from lock-free LIFO free lists (Treiber
+//! stacks whose heads carry a generation tag against ABA). Each slot has a metadata record in a
 //! parallel array, so a free finds what its allocation recorded by index arithmetic alone.
+//!
+//! Each class has [`SHARDS`] free lists, each head on its own cache line. A thread frees into and
+//! takes from its own shard first (the caller passes it), so threads that sample and free their
+//! own blocks never pass a head's cache line back and forth; a thread whose shard is empty takes
+//! from the others before it bumps, so reuse, and the region's footprint, stay as with one list.
 //!
 //! Must never: allocate through the global allocator, block, or hand out a slot twice.
 
@@ -60,19 +65,30 @@ pub(crate) struct SlotMeta {
     pub(crate) weight_fx: AtomicU64,
 }
 
+/// Free lists per class. A power of two; threads are spread over them by [`alloc`]'s and
+/// [`free`]'s `shard` argument.
+pub(crate) const SHARDS: usize = 8;
+
+/// A free-list head alone on its cache line: generation tag in the high half, slot index + 1 in
+/// the low half.
+#[repr(align(64))]
+struct Head(AtomicU64);
+
+#[repr(align(64))]
 struct Class {
     /// Slots ever handed out from the bump counter.
     bumped: AtomicU32,
-    /// Free-list head: generation tag in the high half, slot index + 1 in the low half.
-    free_head: AtomicU64,
     meta: AtomicUsize,
+    heads: [Head; SHARDS],
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
+const EMPTY_HEAD: Head = Head(AtomicU64::new(0));
+#[allow(clippy::declare_interior_mutable_const)]
 const EMPTY_CLASS: Class = Class {
     bumped: AtomicU32::new(0),
-    free_head: AtomicU64::new(0),
     meta: AtomicUsize::new(0),
+    heads: [EMPTY_HEAD; SHARDS],
 };
 static CLASSES: [Class; CLASS_COUNT] = [EMPTY_CLASS; CLASS_COUNT];
 
@@ -180,23 +196,26 @@ pub(crate) struct Slot {
 }
 
 /// Takes a slot that fits `size` bytes at `align`, starting `offset` bytes into the slot (slots
-/// are aligned to their size, so a block at `offset` 8 has bit 3 of its address set). `None` if
-/// the region was not reserved, the class is too large, or the class's span is used up; the
-/// caller then falls back to the inner allocator and counts a drop.
-pub(crate) fn alloc(size: usize, align: usize, offset: usize) -> Option<Slot> {
+/// are aligned to their size, so a block at `offset` 8 has bit 3 of its address set), from the
+/// calling thread's `shard` of the free lists if it can. `None` if the region was not reserved,
+/// the class is too large, or the class's span is used up; the caller then falls back to the
+/// inner allocator and counts a drop.
+pub(crate) fn alloc(size: usize, align: usize, offset: usize, shard: usize) -> Option<Slot> {
     let base = BASE.load(Ordering::Acquire);
     if base == NO_REGION {
         return None;
     }
     let class = class_of(size + offset, align)?;
     let c = &CLASSES[class];
-    let index = pop_free(class).or_else(|| {
-        c.bumped
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < slots_per_class(class)).then_some(n + 1)
-            })
-            .ok()
-    })?;
+    let index = (0..SHARDS)
+        .find_map(|i| pop_free(class, (shard + i) % SHARDS))
+        .or_else(|| {
+            c.bumped
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < slots_per_class(class)).then_some(n + 1)
+                })
+                .ok()
+        })?;
     let addr = base + class * SPAN + index as usize * slot_size(class) + offset;
     Some(Slot {
         ptr: NonNull::new(addr as *mut u8)?,
@@ -217,29 +236,26 @@ pub(crate) fn slot_of(ptr: *mut u8) -> &'static SlotMeta {
     meta_ptr(class, index)
 }
 
-/// Returns a slot to its class's free list.
-pub(crate) fn free(ptr: *mut u8) {
+/// Returns a slot to the calling thread's `shard` of its class's free lists.
+pub(crate) fn free(ptr: *mut u8, shard: usize) {
     let (class, index) = locate(ptr);
-    let c = &CLASSES[class];
+    let head_of = &CLASSES[class].heads[shard % SHARDS].0;
     let meta = meta_ptr(class, index);
-    let mut head = c.free_head.load(Ordering::Relaxed);
+    let mut head = head_of.load(Ordering::Relaxed);
     loop {
         meta.stack_or_next.store(head as u32, Ordering::Relaxed);
         let next = ((head >> 32).wrapping_add(1) << 32) | (index as u64 + 1);
         // Release: the link written above is visible to the thread that pops this slot.
-        match c
-            .free_head
-            .compare_exchange_weak(head, next, Ordering::Release, Ordering::Relaxed)
-        {
+        match head_of.compare_exchange_weak(head, next, Ordering::Release, Ordering::Relaxed) {
             Ok(_) => return,
             Err(now) => head = now,
         }
     }
 }
 
-fn pop_free(class: usize) -> Option<u32> {
-    let c = &CLASSES[class];
-    let mut head = c.free_head.load(Ordering::Acquire);
+fn pop_free(class: usize, shard: usize) -> Option<u32> {
+    let head_of = &CLASSES[class].heads[shard].0;
+    let mut head = head_of.load(Ordering::Acquire);
     loop {
         let top = head as u32;
         if top == 0 {
@@ -251,10 +267,7 @@ fn pop_free(class: usize) -> Option<u32> {
             .stack_or_next
             .load(Ordering::Relaxed);
         let new = ((head >> 32).wrapping_add(1) << 32) | next as u64;
-        match c
-            .free_head
-            .compare_exchange_weak(head, new, Ordering::Acquire, Ordering::Acquire)
-        {
+        match head_of.compare_exchange_weak(head, new, Ordering::Acquire, Ordering::Acquire) {
             Ok(_) => return Some(top - 1),
             Err(now) => head = now,
         }

@@ -32,7 +32,7 @@ use crate::unwind::{self, StackBounds};
 use crate::{live, region};
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Return addresses kept per sample, from the leaf.
 pub(crate) const MAX_DEPTH: usize = 128;
@@ -50,6 +50,8 @@ struct ThreadState {
     /// Set while this thread is inside the hook's slow path.
     in_hook: Cell<bool>,
     stack: Cell<StackBounds>,
+    /// This thread's shard of the shared tables, plus one; zero until first needed.
+    shard: Cell<u32>,
 }
 
 thread_local! {
@@ -59,6 +61,7 @@ thread_local! {
             rng: Cell::new(0),
             in_hook: Cell::new(false),
             stack: Cell::new(StackBounds { low: 0, high: 0 }),
+            shard: Cell::new(0),
         }
     };
 }
@@ -150,6 +153,20 @@ fn large_placement(layout: Layout) -> Option<(Layout, usize)> {
 }
 
 static SEEDS: AtomicU64 = AtomicU64::new(0);
+static SHARD_TURN: AtomicU32 = AtomicU32::new(0);
+
+/// This thread's shard of the region's free lists, handed out round-robin on first use, so that
+/// threads that sample at the same time mostly touch cache lines of their own.
+fn shard(t: &ThreadState) -> usize {
+    match t.shard.get() {
+        0 => {
+            let s = SHARD_TURN.fetch_add(1, Ordering::Relaxed) as usize % region::SHARDS;
+            t.shard.set(s as u32 + 1);
+            s
+        }
+        s => s as usize - 1,
+    }
+}
 
 fn seed(t: &ThreadState) -> Rng {
     let mut ts = libc::timespec {
@@ -314,7 +331,7 @@ impl<A: GlobalAlloc> Sampler<A> {
             let size = layout.size();
             if !is_large(layout) {
                 let offset = if tagged(layout) { TAG } else { 0 };
-                let Some(slot) = region::alloc(size, layout.align(), offset) else {
+                let Some(slot) = region::alloc(size, layout.align(), offset, shard(t)) else {
                     count_drop(Loss::RegionFull);
                     return plain(self);
                 };
@@ -371,7 +388,7 @@ impl<A: GlobalAlloc> Sampler<A> {
             let stack = meta.stack_or_next.load(Ordering::Relaxed);
             let size = meta.size.load(Ordering::Relaxed) as usize;
             record_free(stack, size, meta.weight_fx.load(Ordering::Relaxed));
-            region::free(ptr);
+            region::free(ptr, THREAD.with(shard));
             return;
         }
         if is_large(layout) {

@@ -20,8 +20,10 @@ pub(crate) const MAX_STACKS: usize = 1 << 18;
 const MAX_FRAMES: usize = 1 << 23;
 const INDEX_LEN: usize = MAX_STACKS * 2;
 
-/// Running totals of one stack. Each is monotonic; in-use is allocations minus frees.
-#[repr(C)]
+/// Running totals of one stack. Each is monotonic; in-use is allocations minus frees. One cache
+/// line, and alone on it: the hook writes it from whichever thread samples the stack, and
+/// nothing that every sample reads (an entry's frames, the index) shares it.
+#[repr(C, align(64))]
 #[derive(Default)]
 pub(crate) struct Totals {
     /// Estimated objects allocated, in [`crate::poisson::WEIGHT_ONE`] fixed point.
@@ -37,33 +39,37 @@ pub(crate) struct Totals {
     pub(crate) free_sample_bytes: AtomicU64,
 }
 
+/// Where a stack's frames are. Written once, before the stack is published; read by every
+/// sample that looks the stack up.
 #[repr(C)]
 struct Entry {
     first_frame: AtomicU32,
     depth: AtomicU32,
-    totals: Totals,
 }
 
 struct Table {
     index: *const AtomicU64,
     entries: *const Entry,
+    totals: *const Totals,
     frames: *const AtomicUsize,
 }
 
 static INDEX: AtomicUsize = AtomicUsize::new(0);
 static ENTRIES: AtomicUsize = AtomicUsize::new(0);
+static TOTALS: AtomicUsize = AtomicUsize::new(0);
 static FRAMES: AtomicUsize = AtomicUsize::new(0);
 static NEXT_ENTRY: AtomicU32 = AtomicU32::new(0);
 static NEXT_FRAME: AtomicU32 = AtomicU32::new(0);
 
-/// Maps the three arrays. Returns the address space reserved.
+/// Maps the four arrays. Returns the address space reserved.
 pub(crate) fn init() -> Option<usize> {
     let sizes = [
         INDEX_LEN * std::mem::size_of::<AtomicU64>(),
         MAX_STACKS * std::mem::size_of::<Entry>(),
+        MAX_STACKS * std::mem::size_of::<Totals>(),
         MAX_FRAMES * std::mem::size_of::<AtomicUsize>(),
     ];
-    let mut maps = [0usize; 3];
+    let mut maps = [0usize; 4];
     for (i, len) in sizes.iter().enumerate() {
         match os::map_zeroed(*len) {
             Some(p) => maps[i] = p.as_ptr() as usize,
@@ -76,7 +82,8 @@ pub(crate) fn init() -> Option<usize> {
             }
         }
     }
-    FRAMES.store(maps[2], Ordering::Relaxed);
+    FRAMES.store(maps[3], Ordering::Relaxed);
+    TOTALS.store(maps[2], Ordering::Relaxed);
     ENTRIES.store(maps[1], Ordering::Relaxed);
     // Release: whoever sees the index sees the other two arrays.
     INDEX.store(maps[0], Ordering::Release);
@@ -91,6 +98,7 @@ fn table() -> Option<Table> {
     Some(Table {
         index: index as *const AtomicU64,
         entries: ENTRIES.load(Ordering::Relaxed) as *const Entry,
+        totals: TOTALS.load(Ordering::Relaxed) as *const Totals,
         frames: FRAMES.load(Ordering::Relaxed) as *const AtomicUsize,
     })
 }
@@ -107,6 +115,12 @@ impl Table {
         // SAFETY: ids are only created below MAX_STACKS; the mapping is that long, zeroed and
         // never unmapped.
         unsafe { &*self.entries.add(id as usize) }
+    }
+
+    fn totals(&self, id: u32) -> &'static Totals {
+        debug_assert!((id as usize) < MAX_STACKS);
+        // SAFETY: as for `entry`; the mapping is page-aligned, so every record is 64-byte aligned.
+        unsafe { &*self.totals.add(id as usize) }
     }
 
     fn frame(&self, i: u32) -> &'static AtomicUsize {
@@ -209,7 +223,7 @@ fn append(t: &Table, frames: &[usize]) -> Result<u32, InternError> {
 /// The running totals of a stack returned by [`intern`].
 pub(crate) fn totals(id: u32) -> &'static Totals {
     let t = table().expect("a stack id exists only once the table does");
-    &t.entry(id).totals
+    t.totals(id)
 }
 
 /// How many entries exist (some may be unused leftovers of lost races, with zero totals).
@@ -237,11 +251,12 @@ pub(crate) fn frames_used() -> usize {
 
 /// Bytes of the entry and frame arrays in use (the parts that grow with distinct stacks).
 pub(crate) fn bytes_used() -> usize {
-    len() as usize * std::mem::size_of::<Entry>() + frames_used() * std::mem::size_of::<usize>()
+    len() as usize * (std::mem::size_of::<Entry>() + std::mem::size_of::<Totals>())
+        + frames_used() * std::mem::size_of::<usize>()
 }
 
 /// The totals of entry `id` if it exists (ids up to [`len`]).
 pub(crate) fn totals_if_any(id: u32) -> Option<&'static Totals> {
     let t = table()?;
-    (id < len()).then(|| &t.entry(id).totals)
+    (id < len()).then(|| t.totals(id))
 }
