@@ -22,7 +22,7 @@ const INDEX_LEN: usize = MAX_STACKS * 2;
 
 /// Running totals of one stack. Each is monotonic; in-use is allocations minus frees. One cache
 /// line, and alone on it: the hook writes it from whichever thread samples the stack, and
-/// nothing that every sample reads (an entry's frames, the index) shares it.
+/// nothing that every sample reads (the index, an entry, its frames) shares it.
 #[repr(C, align(64))]
 #[derive(Default)]
 pub(crate) struct Totals {
@@ -85,7 +85,7 @@ pub(crate) fn init() -> Option<usize> {
     FRAMES.store(maps[3], Ordering::Relaxed);
     TOTALS.store(maps[2], Ordering::Relaxed);
     ENTRIES.store(maps[1], Ordering::Relaxed);
-    // Release: whoever sees the index sees the other two arrays.
+    // Release: whoever sees the index sees the other three arrays.
     INDEX.store(maps[0], Ordering::Release);
     Some(sizes.iter().sum())
 }
