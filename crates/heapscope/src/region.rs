@@ -338,6 +338,27 @@ mod tests {
     }
 
     #[test]
+    fn slots_freed_into_other_shards_are_reused_once_each_before_the_class_grows() {
+        assert!(crate::tables::ready_or_wait());
+        // 40,000 bytes: a class no other test of this binary takes slots from.
+        let (size, class) = (40_000, class_of(40_000, 8).unwrap());
+        let first = alloc(size, 8, 0, 0).unwrap().ptr;
+        let second = alloc(size, 8, 0, 0).unwrap().ptr;
+        let bumped = CLASSES[class].bumped.load(Ordering::Relaxed);
+        free(first.as_ptr(), 3);
+        free(second.as_ptr(), SHARDS - 1);
+        let mut again = [0, 2].map(|shard| alloc(size, 8, 0, shard).unwrap().ptr);
+        again.sort();
+        let mut before = [first, second];
+        before.sort();
+        assert_eq!(again, before, "each freed slot comes back exactly once");
+        assert_eq!(CLASSES[class].bumped.load(Ordering::Relaxed), bumped);
+        for p in again {
+            free(p.as_ptr(), 0);
+        }
+    }
+
+    #[test]
     fn pointers_outside_an_unreserved_region_are_never_inside() {
         for p in [
             0usize,
