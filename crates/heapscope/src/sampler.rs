@@ -50,7 +50,7 @@ struct ThreadState {
     /// Set while this thread is inside the hook's slow path.
     in_hook: Cell<bool>,
     stack: Cell<StackBounds>,
-    /// This thread's shard of the shared tables, plus one; zero until first needed.
+    /// This thread's shard of the region's free lists, plus one; zero until first needed.
     shard: Cell<u32>,
 }
 
