@@ -8,7 +8,8 @@
 //! - churn: two threads each replace a random slot of a 4096-slot ring with a new object,
 //!   10M steps per thread; `small` sizes are 16-256 B, `bytes` sizes are 80% 16-256 B,
 //!   19% 1-64 KiB, 1% 256 KiB-1 MiB. Default sample rate (512 KiB). A last row times bare
-//!   jemalloc against itself: how far apart two identical sides land on this machine.
+//!   jemalloc against itself: how far apart two identical sides land on this machine; another
+//!   adds one register instruction to each jemalloc call: what any hook costs at the least.
 //! - sampled: one sampled allocation (and its free) 30 frames deep, at rate 1; then sampled
 //!   allocations from one call site on one thread and on two at once.
 //! - write: writing a heap profile of 10,000 distinct stacks once symbols are cached.
@@ -55,6 +56,18 @@ fn main() {
         || churn(&Jemalloc, sizes, steps),
     );
     print_row(&format!("{name}, jemalloc against itself"), control);
+    // What one instruction costs in this loop: bare jemalloc with a single register `add` in each
+    // call. No hook can add less than this (it must count bytes on the allocation and test the
+    // pointer on the free), so this row is the floor the churn rows above are read against.
+    #[cfg(target_arch = "x86_64")]
+    {
+        let one_add = compare(
+            reps,
+            || churn(&Jemalloc, sizes, steps),
+            || churn(&OneAddPerCall(Jemalloc), sizes, steps),
+        );
+        print_row(&format!("{name}, jemalloc + one add per call"), one_add);
+    }
 
     // One sampled allocation 30 frames deep: per-operation medians over batches.
     const BATCH: usize = 2_000;
@@ -180,4 +193,38 @@ fn sampled_at_one_site(threads: usize) -> f64 {
         workers.into_iter().map(|w| w.join().unwrap()).sum()
     });
     cpu.as_nanos() as f64 / (STEPS * threads) as f64
+}
+
+/// Bare `A` plus one register instruction on each allocation and each free, and nothing else: a
+/// lower bound for any allocator hook, which has to count bytes on one and test the pointer on
+/// the other.
+#[cfg(target_arch = "x86_64")]
+struct OneAddPerCall<A>(A);
+
+#[cfg(target_arch = "x86_64")]
+// SAFETY: every call goes to `A` unchanged.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for OneAddPerCall<A> {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        one_add(layout.size());
+        // SAFETY: forwarded unchanged from our caller.
+        unsafe { self.0.alloc(layout) }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        one_add(ptr as usize);
+        // SAFETY: forwarded unchanged from our caller.
+        unsafe { self.0.dealloc(ptr, layout) }
+    }
+}
+
+/// One `add` to a register holding `x`. An `asm!` block is never removed, so the instruction is
+/// executed whether or not its result is used; it touches no memory and no stack.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn one_add(mut x: usize) {
+    // SAFETY: adds to a register; reads and writes no memory and leaves the stack alone.
+    unsafe { std::arch::asm!("add {0}, 1", inout(reg) x, options(nomem, nostack)) };
+    let _ = x;
 }
