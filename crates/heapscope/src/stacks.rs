@@ -249,7 +249,8 @@ pub(crate) fn frames_used() -> usize {
     NEXT_FRAME.load(Ordering::Relaxed) as usize
 }
 
-/// Bytes of the entry and frame arrays in use (the parts that grow with distinct stacks).
+/// Bytes of the entry, counters and frame arrays in use (the parts that grow with distinct
+/// stacks).
 pub(crate) fn bytes_used() -> usize {
     len() as usize * (std::mem::size_of::<Entry>() + std::mem::size_of::<Totals>())
         + frames_used() * std::mem::size_of::<usize>()
