@@ -1,4 +1,4 @@
-//! The `timer-leak` command line, shared by the binaries: `timer-leak` (heapscope's sampler) and
+//! The `timer-leak` command line, shared by the binaries: `timer-leak` (heapsight's sampler) and
 //! `timer-leak-jemalloc` (jemalloc's profiler). Runs the story's leak (or its fix) and serves
 //! heap profiles of it.
 //!
@@ -7,7 +7,7 @@
 //! ```
 
 use crate::{busy_loop, Broker, Message};
-use heapscope::SnapshotSource;
+use heapsight::SnapshotSource;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -92,7 +92,7 @@ pub fn run(program: &str, source: Arc<dyn SnapshotSource>) {
         }
     };
     // Snapshots every 2 s (for an hour): the UI's timeline and growth views come alive quickly.
-    let options = heapscope_server::Options::new()
+    let options = heapsight_server::Options::new()
         .source(source.clone())
         .history(Duration::from_secs(2), 1800, 64 << 20);
     let server = match options.spawn(args.addr.as_str()) {

@@ -1,6 +1,6 @@
-//! `timer-leak`: the story's leak, profiled by heapscope's sampler. See [`timer_leak_demo::cli`].
+//! `timer-leak`: the story's leak, profiled by heapsight's sampler. See [`timer_leak_demo::cli`].
 
-use heapscope::{Sampler, SamplerSource};
+use heapsight::{Sampler, SamplerSource};
 use std::sync::Arc;
 
 #[global_allocator]
@@ -11,6 +11,6 @@ static GLOBAL: Sampler<std::alloc::System> = Sampler::new(std::alloc::System);
 const SAMPLE_RATE: usize = 4 * 1024;
 
 fn main() {
-    heapscope::set_sample_rate(SAMPLE_RATE);
+    heapsight::set_sample_rate(SAMPLE_RATE);
     timer_leak_demo::cli::run("timer-leak", Arc::new(SamplerSource));
 }

@@ -1,10 +1,10 @@
-//! Runs the real `timer-leak` binaries (heapscope's sampler, and jemalloc's profiler behind
-//! heapscope) in each scenario, leaky and fixed, and reads two heap
+//! Runs the real `timer-leak` binaries (heapsight's sampler, and jemalloc's profiler behind
+//! heapsight) in each scenario, leaky and fixed, and reads two heap
 //! profiles from its endpoint: a baseline taken while it waits (`--delay`), and one a few seconds
 //! into the load. Leaky: at least 60% of the growth in use is under `after`. Fixed: the growth is
 //! at most a tenth of the leaky one.
 
-use heapscope::Profile;
+use heapsight_profile::Profile;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -20,7 +20,7 @@ impl Drop for Demo {
     }
 }
 
-/// The two builds of the demo: heapscope's sampler, and jemalloc's profiler behind heapscope.
+/// The two builds of the demo: heapsight's sampler, and jemalloc's profiler behind heapsight.
 const SAMPLER: &str = env!("CARGO_BIN_EXE_timer-leak");
 const JEMALLOC: &str = env!("CARGO_BIN_EXE_timer-leak-jemalloc");
 

@@ -1,39 +1,18 @@
-// heapscope's web UI: the heap as an icicle flame graph, coloured by growth since a baseline
+// heapsight's web UI: the heap as an icicle flame graph, coloured by growth since a baseline
 // snapshot, with the timeline of snapshots and the list of stacks growing fastest.
 //
-// Talks to the server only through the JSON API of docs/ui-api.md, relative to this page.
+// This module wires the page together: it loads what the views show (through ./api, the only
+// module that talks to the server), keeps the view state (./state) and hands the drawing to the
+// flame graph (./flame) and the timeline (./timeline). The top table and the growing list,
+// which are plain DOM, live here.
 
-import { changeText, formatValue, growthColor, nameColor, PALETTES } from "./color";
-import { layout, Rect, Tree, TreeJson } from "./tree";
-
-interface Snapshots {
-  interval_ms: number;
-  /** Where the heap data comes from: "heapscope sampler", "jemalloc profiler". */
-  source?: string;
-  /** Why the last scheduled snapshot failed, if it did. */
-  error?: string | null;
-  snapshots: { id: number; time_ms: number; inuse_space: number; inuse_objects: number; alloc_space: number; alloc_objects: number }[];
-}
-
-interface Growing {
-  stacks: { stack: number; frames: string[]; rate_per_second: number; first: number; last: number }[];
-}
-
-/** Everything a view depends on; kept in the URL so that every view can be linked to. */
-interface ViewState {
-  type: string;
-  at: string;
-  base: string;
-  zoom: string[];
-  search: string;
-  palette: string;
-  noise: number;
-  focus: string;
-  hide: string;
-  callers: string;
-}
-
-const ROW = 18;
+import { getJson, Growing, lastError, postTree, Snapshots, TreeJson } from "./api";
+import { changeText, formatValue, PALETTES } from "./color";
+import { FlameGraph, Look } from "./flame";
+import { FILTERS, readState, writeState } from "./state";
+import { drawTimeline } from "./timeline";
+import { topRows } from "./top";
+import { Tree } from "./tree";
 
 /** Frames of the standard library and common runtime crates: a stack's site is below them. */
 const LIBRARY = /^(<&?(dyn )?)?(std|core|alloc|tokio|hashbrown|futures\w*|hyper|axum|tower|mio|parking_lot|crossbeam\w*|rayon\w*|serde\w*)::/;
@@ -62,56 +41,13 @@ function unitOf(type: string): string {
 }
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 
-function readState(): ViewState {
-  const p = new URLSearchParams(location.hash.slice(1));
-  return {
-    type: p.get("type") || "inuse_space",
-    at: p.get("at") || "now",
-    base: p.get("base") ?? "auto",
-    zoom: p.get("zoom") ? p.get("zoom")!.split("\u001f") : [],
-    search: p.get("search") || "",
-    palette: p.get("palette") || "standard",
-    noise: Number(p.get("noise") || "0.001"),
-    focus: p.get("focus") || "",
-    hide: p.get("hide") || "",
-    callers: p.get("callers") || "",
-  };
-}
-
-function writeState(s: ViewState) {
-  const p = new URLSearchParams();
-  p.set("type", s.type);
-  p.set("at", s.at);
-  p.set("base", s.base);
-  if (s.zoom.length) p.set("zoom", s.zoom.join("\u001f"));
-  if (s.search) p.set("search", s.search);
-  if (s.palette !== "standard") p.set("palette", s.palette);
-  if (s.noise !== 0.001) p.set("noise", String(s.noise));
-  for (const k of ["focus", "hide", "callers"] as const) if (s[k]) p.set(k, s[k]);
-  history.replaceState(null, "", "#" + p.toString());
-}
-
-/** The server's message for the last request that failed (profiling not enabled, ...). */
-let lastError = "";
-
-async function getJson<T>(path: string): Promise<T | undefined> {
-  const r = await fetch(path);
-  if (!r.ok) {
-    lastError = `${r.status}: ${(await r.text()).trim()}`;
-    return undefined;
-  }
-  return (await r.json()) as T;
-}
-
 class App {
   state = readState();
   tree?: Tree;
   snapshots?: Snapshots;
-  rects: Rect[] = [];
   zoomNode = 0;
   searchRe?: RegExp;
-  lastDrawMs = 0;
-  canvas = $<HTMLCanvasElement>("flame");
+  flame = new FlameGraph($<HTMLCanvasElement>("flame"));
   /** The frame keyboard navigation and the selection bar act on. */
   selected = 0;
   /** Profiles opened from disk: [current, baseline?]. While set, trees come from them. */
@@ -134,23 +70,31 @@ class App {
     await Promise.all([this.loadTree(), this.loadGrowing()]);
   }
 
+  /** What the flame graph and the tests draw with. */
+  get rects() {
+    return this.flame.rects;
+  }
+  get canvas() {
+    return this.flame.canvas;
+  }
+  get lastDrawMs() {
+    return this.flame.lastDrawMs;
+  }
+
   async loadTree() {
     const q = new URLSearchParams({ type: this.state.type });
-    for (const k of ["focus", "hide", "callers"] as const) if (this.state[k]) q.set(k, this.state[k]);
+    for (const k of FILTERS) if (this.state[k]) q.set(k, this.state[k]);
     let json: TreeJson | undefined;
     if (this.files) {
       // Files from disk go to the server, which reads them as it reads its own profiles.
-      const base = this.files.base ? await this.files.base.arrayBuffer() : new ArrayBuffer(0);
-      if (base.byteLength) q.set("base_bytes", String(base.byteLength));
       if (!this.fileTypes.includes(this.state.type)) q.delete("type");
-      const body = new Blob([base, await this.files.current.arrayBuffer()]);
-      const r = await fetch("api/tree?" + q.toString(), { method: "POST", body });
-      if (!r.ok) {
-        $("status").textContent = `Could not open the file: ${await r.text()}`;
+      try {
+        json = await postTree(q, this.files.current, this.files.base);
+      } catch (e) {
+        $("status").textContent = `Could not open the file: ${(e as Error).message}`;
         return;
       }
-      json = (await r.json()) as TreeJson;
-      this.fileTypes = (json as unknown as { sample_types: string[] }).sample_types;
+      this.fileTypes = json.sample_types ?? [];
     } else {
       q.set("at", this.state.at);
       if (this.state.base) q.set("base", this.state.base);
@@ -185,7 +129,7 @@ class App {
       ? `growth since snapshot ${this.state.base}: ${changeText({ total: root, base: tree.json.base[0], inBase: true }, unit)}`
       : `${formatValue(root, unit)} in total`;
     const source = this.files ? `${this.files.current.name}${this.files.base ? ` against ${this.files.base.name}` : ""}: ` : "";
-    const filters = ["focus", "hide", "callers"].filter((k) => this.state[k as "focus"]).map((k) => `${k} ${this.state[k as "focus"]}`);
+    const filters = FILTERS.filter((k) => this.state[k]).map((k) => `${k} ${this.state[k]}`);
     $("status").textContent =
       `${source}${tree.json.type}: ${mode}` +
       (tree.json.merged_nodes ? ` (${tree.json.merged_nodes} small frames merged)` : "") +
@@ -226,45 +170,12 @@ class App {
     }
   }
 
-  /** The functions of the tree: self, total (recursion counted once) and change, largest first. */
-  topRows(): { name: string; self: number; total: number; change: number }[] {
-    const t = this.tree!;
-    const j = t.json;
-    // Per function (its index in the string table), iteratively: 100,000 nodes take a few ms.
-    const k = j.strings.length;
-    const [self, total, base] = [new Float64Array(k), new Float64Array(k), new Float64Array(k)];
-    const onPath = new Int32Array(k);
-    // Negative entries mark leaving a node.
-    const stack: number[] = [...t.children[0]];
-    while (stack.length) {
-      const i = stack.pop()!;
-      if (i < 0) {
-        onPath[j.name[-i - 1]]--;
-        continue;
-      }
-      const f = j.name[i];
-      self[f] += j.self[i];
-      if (onPath[f] === 0) {
-        total[f] += j.total[i];
-        base[f] += j.base[i];
-      }
-      onPath[f]++;
-      stack.push(-i - 1, ...t.children[i]);
-    }
-    const rows: { name: string; self: number; total: number; change: number }[] = [];
-    for (let f = 0; f < k; f++) {
-      if (total[f] !== 0 || self[f] !== 0) rows.push({ name: j.strings[f], self: self[f], total: total[f], change: total[f] - base[f] });
-    }
-    const key = j.has_base ? (r: { change: number }) => r.change : (r: { self: number }) => r.self;
-    return rows.sort((a, b) => key(b) - key(a)).slice(0, 100);
-  }
-
   drawTop() {
     const t = this.tree!;
     const unit = t.json.unit;
     const body = $("top").querySelector("tbody")!;
     body.replaceChildren();
-    for (const r of this.topRows()) {
+    for (const r of topRows(t)) {
       const tr = document.createElement("tr");
       tr.dataset.name = r.name;
       for (const v of [r.name, formatValue(r.self, unit), formatValue(r.total, unit), t.json.has_base ? (r.change >= 0 ? "+" : "") + formatValue(r.change, unit) : ""]) {
@@ -337,68 +248,18 @@ class App {
     }
   }
 
-  /** The largest change among the frames in view: the colour scale of growth mode. */
-  changeScale = 1;
+  look(): Look {
+    return { palette: PALETTES[this.state.palette] ?? PALETTES.standard, noise: this.state.noise, search: this.searchRe };
+  }
 
   colorOf(i: number): string {
-    const t = this.tree!;
-    if (i < 0) return "#e4e4e7";
-    if (!t.json.has_base) return nameColor(t.name(i));
-    const noise = this.state.noise * Math.max(1, t.json.total[0]);
-    return growthColor({ total: t.json.total[i], base: t.json.base[i], inBase: t.json.in_base[i] }, this.changeScale, noise, PALETTES[this.state.palette] ?? PALETTES.standard);
+    return this.flame.colorOf(this.tree!, i, this.look());
   }
 
   draw() {
     const t = this.tree;
     if (!t) return;
-    const started = performance.now();
-    const dpr = window.devicePixelRatio || 1;
-    const width = this.canvas.parentElement!.clientWidth;
-    this.rects = layout(t, this.zoomNode, width);
-    let scale = Math.abs(t.json.total[0] - t.json.base[0]);
-    for (const r of this.rects) if (r.node > 0) scale = Math.max(scale, Math.abs(t.json.total[r.node] - t.json.base[r.node]));
-    this.changeScale = Math.max(1, scale);
-    // One height per tree (no view needs more rows than its depth), so zooming never resizes.
-    const rows = Math.max(t.maxDepth + 1, this.rects.reduce((m, r) => Math.max(m, r.row), 0) + 1);
-    // Resizing a canvas reallocates it: only when the size really changes.
-    const [pw, ph] = [Math.round(width * dpr), Math.round(rows * ROW * dpr)];
-    if (this.canvas.width !== pw || this.canvas.height !== ph) {
-      this.canvas.width = pw;
-      this.canvas.height = ph;
-      this.canvas.style.width = width + "px";
-      this.canvas.style.height = rows * ROW + "px";
-    }
-    const g = this.canvas.getContext("2d")!;
-    g.setTransform(dpr, 0, 0, dpr, 0, 0);
-    g.clearRect(0, 0, width, rows * ROW);
-    g.font = "12px system-ui, sans-serif";
-    g.textBaseline = "middle";
-    const colors = new Map<number, string>();
-    for (const r of this.rects) {
-      const matched = !this.searchRe || (r.node > 0 && this.searchRe.test(t.name(r.node)));
-      g.globalAlpha = matched ? 1 : 0.3;
-      let c = colors.get(r.node);
-      if (!c) {
-        c = this.colorOf(r.node);
-        colors.set(r.node, c);
-      }
-      g.fillStyle = c;
-      g.fillRect(r.x, r.row * ROW, Math.max(r.w - 0.5, 0.5), ROW - 1);
-      if (r.node >= 0 && r.w > 36) {
-        g.fillStyle = "#111";
-        const label = t.name(r.node);
-        const fit = Math.floor((r.w - 6) / 6.5);
-        g.fillText(label.length > fit ? label.slice(0, Math.max(0, fit - 1)) + "…" : label, r.x + 3, r.row * ROW + ROW / 2);
-      }
-    }
-    g.globalAlpha = 1;
-    const sel = this.rects.find((r) => r.node === this.selected && this.selected > 0);
-    if (sel) {
-      g.strokeStyle = "#111";
-      g.lineWidth = 2;
-      g.strokeRect(sel.x + 1, sel.row * ROW + 1, Math.max(sel.w - 2, 1), ROW - 3);
-    }
-    this.lastDrawMs = performance.now() - started;
+    this.flame.draw(t, this.zoomNode, this.selected, this.look());
     this.drawCrumbs();
     const share = this.searchRe ? ` — search matches ${(t.matchedShare(this.searchRe) * 100).toFixed(1)}% of the total` : "";
     $("searchinfo").textContent = share;
@@ -427,11 +288,8 @@ class App {
     });
   }
 
-  hit(ev: MouseEvent): Rect | undefined {
-    const box = this.canvas.getBoundingClientRect();
-    const x = ev.clientX - box.left;
-    const row = Math.floor((ev.clientY - box.top) / ROW);
-    return this.rects.find((r) => r.row === row && r.node >= 0 && x >= r.x && x < r.x + r.w);
+  hit(ev: MouseEvent) {
+    return this.flame.hit(ev);
   }
 
   tooltip(ev: MouseEvent) {
@@ -458,43 +316,13 @@ class App {
   }
 
   drawTimeline() {
-    const c = $<HTMLCanvasElement>("timeline");
-    const snaps = this.snapshots?.snapshots ?? [];
-    const width = c.parentElement!.clientWidth;
-    const height = 60;
-    c.width = width;
-    c.height = height;
-    const g = c.getContext("2d")!;
-    g.clearRect(0, 0, width, height);
-    if (snaps.length < 1) {
-      g.fillStyle = "#71717a";
-      g.fillText("No snapshot history yet.", 8, 30);
-      return;
-    }
-    const max = Math.max(1, ...snaps.map((s) => s.inuse_space));
-    const x = (i: number) => (snaps.length === 1 ? width / 2 : (i / (snaps.length - 1)) * (width - 16) + 8);
-    const y = (v: number) => height - 8 - (v / max) * (height - 16);
-    g.strokeStyle = "#dc2626";
-    g.lineWidth = 2;
-    g.beginPath();
-    snaps.forEach((s, i) => (i ? g.lineTo(x(i), y(s.inuse_space)) : g.moveTo(x(i), y(s.inuse_space))));
-    g.stroke();
-    snaps.forEach((s, i) => {
-      const mark = String(s.id) === this.state.base ? "#2563eb" : String(s.id) === this.state.at ? "#111" : "";
-      if (!mark) return;
-      g.fillStyle = mark;
-      g.fillRect(x(i) - 2, 0, 4, height);
-    });
-    c.onclick = (ev) => {
-      const i = Math.round(((ev.offsetX - 8) / Math.max(1, width - 16)) * (snaps.length - 1));
-      const id = String(snaps[Math.max(0, Math.min(snaps.length - 1, i))].id);
-      // Click: the baseline; shift-click: the snapshot to show.
-      if (ev.shiftKey) this.state.at = id;
+    drawTimeline($<HTMLCanvasElement>("timeline"), this.snapshots?.snapshots ?? [], this.state, (id, asCurrent) => {
+      if (asCurrent) this.state.at = id;
       else this.state.base = id;
       writeState(this.state);
       this.drawTimeline();
       this.loadTree();
-    };
+    });
   }
 }
 
@@ -579,7 +407,7 @@ window.addEventListener("resize", () => {
 });
 
 // A window for tests and benchmarks: the state, the tree, and what colour a frame was drawn in.
-(window as unknown as { __heapscope: object }).__heapscope = {
+(window as unknown as { __heapsight: object }).__heapsight = {
   app,
   Tree,
   colorOf: (name: string) => {

@@ -3,22 +3,7 @@
 // Layout is computed once per tree: each node's horizontal start, in the tree's own units
 // (bytes or objects), and its depth. Drawing then maps a zoomed range of units to pixels.
 
-export interface TreeJson {
-  type: string;
-  unit: string;
-  time_ms: number;
-  has_base: boolean;
-  merged_nodes: number;
-  strings: string[];
-  name: number[];
-  file: number[];
-  line: number[];
-  parent: number[];
-  self: number[];
-  total: number[];
-  base: number[];
-  in_base: boolean[];
-}
+import type { TreeJson } from "./api";
 
 export class Tree {
   readonly n: number;

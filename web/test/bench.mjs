@@ -23,7 +23,7 @@ const browser = await chromium.launch({
 try {
   const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
   await page.goto(`http://${addr}/debug/pprof/ui/`);
-  await page.waitForFunction(() => window.__heapscope?.loaded);
+  await page.waitForFunction(() => window.__heapsight?.loaded);
   const result = await page.evaluate(async () => {
     // 100,000 nodes: a root, 10 levels with fan-out 3 (88,573 nodes), then long thin chains.
     const n = 100_000;
@@ -49,7 +49,7 @@ try {
     for (let i = n - 1; i > 0; i--) total[parent[i]] += total[i];
     for (let i = 0; i < n; i++) base[i] = Math.round(total[i] * (0.5 + ((i * 7919) % 100) / 100));
     const json = { type: "inuse_space", unit: "bytes", time_ms: 0, has_base: true, merged_nodes: 0, strings, name, file, parent, self, total, base, in_base: inBase };
-    const { app, Tree } = window.__heapscope;
+    const { app, Tree } = window.__heapsight;
     const median = (v) => v.sort((a, b) => a - b)[Math.floor(v.length / 2)];
     const first = [], zoom = [];
     // Run 0 warms up the JIT and is not counted.

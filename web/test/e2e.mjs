@@ -60,7 +60,7 @@ try {
   // Two snapshots (2 s apart) must exist for growth: the mount-time one and the baseline.
   await new Promise((r) => setTimeout(r, 5000));
   await page.goto(`http://${addr}/debug/pprof/ui/`);
-  await page.waitForFunction(() => window.__heapscope?.app?.tree && document.querySelectorAll("#growing li").length > 0, null, { timeout: 30000 });
+  await page.waitForFunction(() => window.__heapsight?.app?.tree && document.querySelectorAll("#growing li").length > 0, null, { timeout: 30000 });
 
   await check("the page loads, with no request leaving loopback and no script error", async () => {
     assert.ok(requests.length >= 4, requests.join("\n"));
@@ -69,7 +69,7 @@ try {
   });
 
   await check("the header names where the heap data comes from", async () => {
-    const want = onJemalloc ? "jemalloc profiler" : "heapscope sampler";
+    const want = onJemalloc ? "jemalloc profiler" : "heapsight sampler";
     assert.equal(await page.locator("#source").innerText(), `heap from the ${want}`);
   });
 
@@ -79,11 +79,11 @@ try {
   });
 
   await check("the after frame is painted as growth", async () => {
-    assert.equal(await page.evaluate(() => window.__heapscope.app.tree.json.has_base), true, "growth mode opened by itself");
+    assert.equal(await page.evaluate(() => window.__heapsight.app.tree.json.has_base), true, "growth mode opened by itself");
     // Zoom on `after`, then read the pixels of its row back from the canvas.
-    assert.ok(await page.evaluate(() => window.__heapscope.zoomTo("timer_leak_demo::after")));
+    assert.ok(await page.evaluate(() => window.__heapsight.zoomTo("timer_leak_demo::after")));
     const [r, g, b] = await page.evaluate(() => {
-      const app = window.__heapscope.app;
+      const app = window.__heapsight.app;
       const rect = app.rects.find((x) => x.node === app.zoomNode);
       const dpr = window.devicePixelRatio || 1;
       const ctx = app.canvas.getContext("2d");
@@ -95,9 +95,9 @@ try {
 
   await check("hovering a frame shows its name, file:line, values and change", async () => {
     await page.click("#reset");
-    assert.ok(await page.evaluate(() => window.__heapscope.zoomTo("timer_leak_demo::after")));
+    assert.ok(await page.evaluate(() => window.__heapsight.zoomTo("timer_leak_demo::after")));
     const [x, y] = await page.evaluate(() => {
-      const app = window.__heapscope.app;
+      const app = window.__heapsight.app;
       const r = app.rects.find((q) => q.node === app.zoomNode);
       const box = app.canvas.getBoundingClientRect();
       return [box.left + r.x + r.w / 2, box.top + r.row * 18 + 9];
@@ -111,12 +111,12 @@ try {
   });
 
   await check("the noise threshold greys out small changes", async () => {
-    assert.ok(await page.evaluate(() => window.__heapscope.zoomTo("timer_leak_demo::after")));
+    assert.ok(await page.evaluate(() => window.__heapsight.zoomTo("timer_leak_demo::after")));
     await page.fill("#noise", "100");
-    assert.equal(await page.evaluate(() => window.__heapscope.colorOf("timer_leak_demo::after")), "#d4d4d8", "under a 100% threshold nothing has changed");
+    assert.equal(await page.evaluate(() => window.__heapsight.colorOf("timer_leak_demo::after")), "#d4d4d8", "under a 100% threshold nothing has changed");
     assert.match(await page.evaluate(() => location.hash), /noise=1/);
     await page.fill("#noise", "0.1");
-    assert.match(await page.evaluate(() => window.__heapscope.colorOf("timer_leak_demo::after")), /^rgb\(2\d\d, /, "red again");
+    assert.match(await page.evaluate(() => window.__heapsight.colorOf("timer_leak_demo::after")), /^rgb\(2\d\d, /, "red again");
   });
 
   await check("search reports the share it matches", async () => {
@@ -131,16 +131,16 @@ try {
 
   await check("zoom follows clicks and breadcrumbs, and resets", async () => {
     await page.click("#reset");
-    assert.equal(await page.evaluate(() => window.__heapscope.app.zoomNode), 0);
+    assert.equal(await page.evaluate(() => window.__heapsight.app.zoomNode), 0);
     await page.locator("#growing li").first().click();
     const crumbs = await page.locator("#crumbs").innerText();
     assert.match(crumbs, /timer_leak_demo::after/, crumbs);
     // A click on the canvas zooms on the frame under the cursor: the root's first child.
     await page.click("#reset");
     await page.mouse.click((await page.locator("#flame").boundingBox()).x + 20, (await page.locator("#flame").boundingBox()).y + 18 + 9);
-    assert.equal(await page.evaluate(() => window.__heapscope.app.tree.path(window.__heapscope.app.zoomNode).length), 2);
+    assert.equal(await page.evaluate(() => window.__heapsight.app.tree.path(window.__heapsight.app.zoomNode).length), 2);
     await page.keyboard.press("Escape");
-    assert.equal(await page.evaluate(() => window.__heapscope.app.zoomNode), 0);
+    assert.equal(await page.evaluate(() => window.__heapsight.app.zoomNode), 0);
   });
 
   await check("the top table and the graph select each other", async () => {
@@ -148,7 +148,7 @@ try {
     const row = page.locator("#top tbody tr", { hasText: "timer_leak_demo::after" }).first();
     await row.click();
     assert.equal(await page.inputValue("#search"), "^timer_leak_demo::after$", "a row highlights its frames");
-    assert.ok(await page.evaluate(() => window.__heapscope.zoomTo("timer_leak_demo::after")));
+    assert.ok(await page.evaluate(() => window.__heapsight.zoomTo("timer_leak_demo::after")));
     assert.equal(await page.locator("#top tr.sel td").first().innerText(), "timer_leak_demo::after", "a frame highlights its row");
     await page.fill("#search", "");
   });
@@ -158,33 +158,33 @@ try {
     await page.locator("body").click({ position: { x: 5, y: 5 } });
     await page.keyboard.press("ArrowDown");
     await page.keyboard.press("ArrowDown");
-    const sel = await page.evaluate(() => window.__heapscope.app.selected);
-    assert.equal(await page.evaluate((s) => window.__heapscope.app.tree.path(s).length, sel), 3, "two levels down");
+    const sel = await page.evaluate(() => window.__heapsight.app.selected);
+    assert.equal(await page.evaluate((s) => window.__heapsight.app.tree.path(s).length, sel), 3, "two levels down");
     await page.keyboard.press("ArrowUp");
     await page.keyboard.press("Enter");
-    assert.equal(await page.evaluate(() => window.__heapscope.app.tree.path(window.__heapscope.app.zoomNode).length), 2);
+    assert.equal(await page.evaluate(() => window.__heapsight.app.tree.path(window.__heapsight.app.zoomNode).length), 2);
   });
 
   await check("focus, hide and callers come back from the server", async () => {
-    const whole = await page.evaluate(() => window.__heapscope.app.tree.total(0));
-    await page.evaluate(() => window.__heapscope.zoomTo("timer_leak_demo::after"));
+    const whole = await page.evaluate(() => window.__heapsight.app.tree.total(0));
+    await page.evaluate(() => window.__heapsight.zoomTo("timer_leak_demo::after"));
     await page.click("#callers");
-    await page.waitForFunction(() => window.__heapscope.app.tree.name(1) === "timer_leak_demo::after");
+    await page.waitForFunction(() => window.__heapsight.app.tree.name(1) === "timer_leak_demo::after");
     assert.match(await page.locator("#status").innerText(), /callers timer_leak_demo::after/);
     await page.click("#clear");
     await page.waitForFunction(() => !/callers/.test(document.getElementById("status").innerText));
-    await page.evaluate(() => window.__heapscope.zoomTo("timer_leak_demo::after"));
+    await page.evaluate(() => window.__heapsight.zoomTo("timer_leak_demo::after"));
     await page.click("#hide");
     await page.waitForFunction(() => /hide/.test(document.getElementById("status").innerText));
-    assert.equal(await page.evaluate(() => window.__heapscope.app.tree.findByName("timer_leak_demo::after")), undefined);
+    assert.equal(await page.evaluate(() => window.__heapsight.app.tree.findByName("timer_leak_demo::after")), undefined);
     await page.click("#clear");
     await page.waitForFunction(() => !/hide/.test(document.getElementById("status").innerText));
-    await page.evaluate(() => window.__heapscope.zoomTo("timer_leak_demo::busy_loop::{{closure}}"));
+    await page.evaluate(() => window.__heapsight.zoomTo("timer_leak_demo::busy_loop::{{closure}}"));
     await page.click("#focus");
     await page.waitForFunction(() => /focus/.test(document.getElementById("status").innerText));
     // Every stack left passes through the focused function.
     const [root, through] = await page.evaluate(() => {
-      const t = window.__heapscope.app.tree;
+      const t = window.__heapsight.app.tree;
       let through = 0;
       const visit = (i) => (t.name(i) === "timer_leak_demo::busy_loop::{{closure}}" ? (through += t.total(i)) : t.children[i].forEach(visit));
       visit(0);
@@ -203,7 +203,7 @@ try {
       { name: "after.pb.gz", mimeType: "application/octet-stream", buffer: later, lastModified: 2000 },
     ]);
     await page.waitForFunction(() => /after\.pb\.gz against before\.pb\.gz/.test(document.getElementById("status").innerText));
-    const [now, base] = await page.evaluate(() => [window.__heapscope.app.tree.total(0), window.__heapscope.app.tree.json.base[0]]);
+    const [now, base] = await page.evaluate(() => [window.__heapsight.app.tree.total(0), window.__heapsight.app.tree.json.base[0]]);
     assert.ok(now > base && base > 0, `the leak grew between the files: ${base} -> ${now}`);
     await page.click("#now");
     await page.waitForFunction(() => !/pb\.gz/.test(document.getElementById("status").innerText));

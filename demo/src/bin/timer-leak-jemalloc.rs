@@ -1,7 +1,7 @@
 //! `timer-leak-jemalloc`: the story's leak on jemalloc, profiled by jemalloc's own profiler and
-//! served through heapscope. See [`timer_leak_demo::cli`].
+//! served through heapsight. See [`timer_leak_demo::cli`].
 
-use heapscope_jemalloc::JemallocSource;
+use heapsight_jemalloc::JemallocSource;
 use std::sync::Arc;
 
 #[global_allocator]

@@ -1,0 +1,66 @@
+//! `GET .../api/growing?type=&window=&limit=`: the stacks whose value rose over the last
+//! `window` snapshots and now, ranked by [`heapsight_profile::growth`].
+
+use super::ApiQuery;
+use crate::error::ProfileError;
+use crate::respond::json;
+use crate::state::{blocking, take_snapshot, Settings};
+use axum::extract::{RawQuery, State};
+use axum::response::Response;
+use heapsight::Snapshot;
+use heapsight_profile::growth;
+use serde::Serialize;
+use std::sync::Arc;
+
+#[derive(Serialize)]
+struct Growing {
+    r#type: &'static str,
+    window_seconds: f64,
+    snapshots: usize,
+    stacks: Vec<GrowingStack>,
+}
+
+#[derive(Serialize)]
+struct GrowingStack {
+    stack: u32,
+    /// Function names, root first, with the allocator plumbing trimmed as in profiles.
+    frames: Vec<String>,
+    rate_per_second: f64,
+    first: i64,
+    last: i64,
+}
+
+pub(crate) async fn growing(
+    State(s): State<Arc<Settings>>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ProfileError> {
+    let q = ApiQuery::of_snapshots(q.as_deref())?;
+    let mut points: Vec<Arc<Snapshot>> =
+        s.history()?.entries().into_iter().map(|(_, s)| s).collect();
+    points.push(Arc::new(take_snapshot(&s).await?));
+    let first = points.len().saturating_sub(q.window + 1);
+    let points = points.split_off(first);
+    blocking(&s, move || {
+        let window: Vec<&Snapshot> = points.iter().map(|p| &**p).collect();
+        let now = window.last().copied();
+        let stacks = growth::growing(&window, q.sample_type, q.limit)
+            .into_iter()
+            .map(|g| GrowingStack {
+                stack: g.stack.as_u32(),
+                frames: now
+                    .map(|s| growth::stack_names(s, g.stack))
+                    .unwrap_or_default(),
+                rate_per_second: g.rate_per_second,
+                first: g.first,
+                last: g.last,
+            })
+            .collect();
+        json(&Growing {
+            r#type: q.sample_type,
+            window_seconds: growth::window_seconds(&window),
+            snapshots: window.len(),
+            stacks,
+        })
+    })
+    .await
+}

@@ -1,0 +1,140 @@
+//! The JSON API the web UI reads (documented in `docs/ui-api.md`), one module per job: the
+//! snapshot timeline, call trees, the growing stacks, and downloads (folded stacks, SVG).
+//!
+//! Aggregation, diffing and capping happen on the server, so the browser receives a tree of at
+//! most `max_nodes` nodes (16,000 by default) whatever the size of the profile. This module
+//! holds what the endpoints share: their query parameters and the tree they build from them.
+
+pub(crate) mod downloads;
+pub(crate) mod growing;
+pub(crate) mod snapshots;
+pub(crate) mod tree;
+
+use crate::error::ProfileError;
+use heapsight_profile::{CallTree, Profile, TreeFilter};
+use std::time::UNIX_EPOCH;
+
+pub const DEFAULT_MAX_NODES: usize = 16_000;
+const MAX_MAX_NODES: usize = 200_000;
+const SAMPLE_TYPES: [&str; 4] = [
+    "inuse_space",
+    "inuse_objects",
+    "alloc_space",
+    "alloc_objects",
+];
+
+/// The parameters the API endpoints share.
+struct ApiQuery {
+    sample_type: &'static str,
+    /// The `type` as given, for uploaded profiles whose sample types may be anything.
+    raw_type: Option<String>,
+    focus: Option<regex::Regex>,
+    hide: Option<regex::Regex>,
+    callers: Option<String>,
+    base_bytes: Option<usize>,
+    at: Option<u64>,
+    base: Option<u64>,
+    max_nodes: usize,
+    limit: usize,
+    window: usize,
+}
+
+impl ApiQuery {
+    fn parse(raw: Option<&str>) -> Result<ApiQuery, ProfileError> {
+        let mut q = ApiQuery {
+            sample_type: "inuse_space",
+            raw_type: None,
+            focus: None,
+            hide: None,
+            callers: None,
+            base_bytes: None,
+            at: None,
+            base: None,
+            max_nodes: DEFAULT_MAX_NODES,
+            limit: 20,
+            window: 6,
+        };
+        let number = |k: &str, v: &str| -> Result<u64, ProfileError> {
+            v.parse::<u64>().map_err(|_| {
+                ProfileError::bad_request(format!(
+                    "invalid value for {k:?}: {v:?} is not a whole number"
+                ))
+            })
+        };
+        for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+            match &*k {
+                "type" => {
+                    q.raw_type = Some(v.to_string());
+                    if let Some(t) = SAMPLE_TYPES.iter().find(|t| **t == v) {
+                        q.sample_type = t;
+                    }
+                }
+                "focus" if !v.is_empty() => q.focus = Some(regex_param("focus", &v)?),
+                "hide" if !v.is_empty() => q.hide = Some(regex_param("hide", &v)?),
+                "callers" if !v.is_empty() => q.callers = Some(v.into_owned()),
+                "base_bytes" => q.base_bytes = Some(number("base_bytes", &v)? as usize),
+                "at" if v != "now" => q.at = Some(number("at", &v)?),
+                "base" if !v.is_empty() => q.base = Some(number("base", &v)?),
+                "max_nodes" => {
+                    q.max_nodes = (number("max_nodes", &v)? as usize).clamp(2, MAX_MAX_NODES)
+                }
+                "limit" => q.limit = (number("limit", &v)? as usize).clamp(1, 1000),
+                "window" => q.window = (number("window", &v)? as usize).clamp(1, 10_000),
+                _ => {}
+            }
+        }
+        Ok(q)
+    }
+
+    /// The query of an endpoint that reads the server's own snapshots, whose sample types are
+    /// the four heap types: any other `type` is an error.
+    fn of_snapshots(raw: Option<&str>) -> Result<ApiQuery, ProfileError> {
+        let q = ApiQuery::parse(raw)?;
+        match &q.raw_type {
+            Some(t) if !SAMPLE_TYPES.contains(&t.as_str()) => {
+                Err(ProfileError::bad_request(format!(
+                    "unknown sample type {t:?}: one of {}",
+                    SAMPLE_TYPES.join(", ")
+                )))
+            }
+            _ => Ok(q),
+        }
+    }
+
+    /// The tree the query asks for: filters, callers view, baseline, cap.
+    fn tree(&self, sample_type: &str, current: &Profile, base: Option<&Profile>) -> CallTree {
+        let focus = self.focus.as_ref().map(|r| move |n: &str| r.is_match(n));
+        let hide = self.hide.as_ref().map(|r| move |n: &str| r.is_match(n));
+        let filter = TreeFilter {
+            focus: focus.as_ref().map(|f| f as &dyn Fn(&str) -> bool),
+            hide: hide.as_ref().map(|f| f as &dyn Fn(&str) -> bool),
+            callers_of: self.callers.as_deref(),
+        };
+        CallTree::filtered(current, sample_type, base, filter).capped(self.max_nodes)
+    }
+}
+
+fn regex_param(name: &str, v: &str) -> Result<regex::Regex, ProfileError> {
+    regex::RegexBuilder::new(v)
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| {
+            ProfileError::bad_request(format!("invalid regular expression for {name:?}: {e}"))
+        })
+}
+
+/// Milliseconds since the Unix epoch, as the JSON answers give times.
+fn millis(time: std::time::SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The unit of one of the four heap sample types.
+fn unit_of(sample_type: &str) -> &'static str {
+    if sample_type.ends_with("space") {
+        "bytes"
+    } else {
+        "count"
+    }
+}

@@ -1,0 +1,61 @@
+//! `GET .../api/snapshots`: the timeline of the snapshot history.
+
+use crate::error::ProfileError;
+use crate::respond::json;
+use crate::state::Settings;
+use axum::extract::State;
+use axum::response::Response;
+use serde::Serialize;
+use std::sync::Arc;
+
+#[derive(Serialize)]
+struct Timeline<'a> {
+    interval_ms: u64,
+    capacity: usize,
+    /// Memory the held snapshots take.
+    bytes: usize,
+    source: &'a str,
+    /// Why the last scheduled snapshot failed, if it did.
+    error: Option<String>,
+    snapshots: Vec<Point>,
+}
+
+/// One snapshot's totals.
+#[derive(Serialize)]
+struct Point {
+    id: u64,
+    time_ms: u64,
+    inuse_space: i64,
+    inuse_objects: i64,
+    alloc_space: i64,
+    alloc_objects: i64,
+}
+
+pub(crate) async fn snapshots(State(s): State<Arc<Settings>>) -> Result<Response, ProfileError> {
+    let h = s.history()?;
+    let snapshots = h
+        .entries()
+        .iter()
+        .map(|(id, snap)| {
+            let sum = |f: fn(&heapsight::StackTotals) -> i64| {
+                snap.stacks.iter().map(|(_, t)| f(t)).sum::<i64>()
+            };
+            Point {
+                id: *id,
+                time_ms: super::millis(snap.time),
+                inuse_space: sum(|t| t.inuse_space()),
+                inuse_objects: sum(|t| t.inuse_objects()),
+                alloc_space: sum(|t| t.alloc_space()),
+                alloc_objects: sum(|t| t.alloc_objects()),
+            }
+        })
+        .collect();
+    Ok(json(&Timeline {
+        interval_ms: h.interval.as_millis() as u64,
+        capacity: h.capacity,
+        bytes: h.bytes(),
+        source: s.source.name(),
+        error: h.last_error(),
+        snapshots,
+    }))
+}

@@ -1,0 +1,89 @@
+//! What every request works with: the server's settings, the blocking pool that builds
+//! profiles, and taking snapshots (fresh, or from the history).
+//!
+//! Handlers reach the source only through here, so that its rules hold everywhere: snapshots
+//! are taken off the async workers (a source may block), and profile building runs once inside
+//! the source's `unprofiled`, so the profiler's own memory stays out of the heap it serves.
+
+use crate::error::ProfileError;
+use crate::history::History;
+use axum::http::StatusCode;
+use heapsight::{Snapshot, SnapshotSource};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// Settings shared by the handlers.
+pub(crate) struct Settings {
+    pub(crate) source: Arc<dyn SnapshotSource>,
+    pub(crate) max_seconds: Duration,
+    /// Permits for delta profiles that wait.
+    pub(crate) waits: Arc<Semaphore>,
+    pub(crate) history: Option<Arc<History>>,
+    pub(crate) bearer_token: Option<String>,
+}
+
+impl Settings {
+    /// The snapshot history, or a 404 saying it is off.
+    pub(crate) fn history(&self) -> Result<&Arc<History>, ProfileError> {
+        self.history.as_ref().ok_or_else(|| {
+            ProfileError::new(
+                StatusCode::NOT_FOUND,
+                "snapshot history is turned off on this server",
+            )
+        })
+    }
+}
+
+/// Runs profile building off the async workers (it symbolizes and compresses, which can take
+/// tens of milliseconds on large profiles), with the source's sampling paused: the profiler's
+/// own memory is not the service's heap.
+pub(crate) async fn blocking<T: Send + 'static>(
+    s: &Settings,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ProfileError> {
+    let source = s.source.clone();
+    let run = move || {
+        let mut f = Some(f);
+        let mut out = None;
+        source.unprofiled(&mut || out = f.take().map(|f| f()));
+        out.expect("a source's unprofiled() runs the work it is given")
+    };
+    tokio::task::spawn_blocking(run).await.map_err(|e| {
+        ProfileError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("building the profile failed: {e}"),
+        )
+    })
+}
+
+/// A snapshot from the server's source, taken off the async workers: a source may block while
+/// another profiler writes its data out.
+pub(crate) async fn take_snapshot(s: &Settings) -> Result<Snapshot, ProfileError> {
+    let source = s.source.clone();
+    let snapshot = tokio::task::spawn_blocking(move || source.snapshot())
+        .await
+        .map_err(|e| {
+            ProfileError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("taking a snapshot failed: {e}"),
+            )
+        })?;
+    Ok(snapshot?)
+}
+
+/// Snapshot `id` of the history, or a fresh one for `None`.
+pub(crate) async fn snapshot_at(
+    s: &Settings,
+    id: Option<u64>,
+) -> Result<Arc<Snapshot>, ProfileError> {
+    match id {
+        None => Ok(Arc::new(take_snapshot(s).await?)),
+        Some(id) => s.history()?.get(id).ok_or_else(|| {
+            ProfileError::new(
+                StatusCode::NOT_FOUND,
+                format!("no snapshot {id} in the history (it may have aged out)"),
+            )
+        }),
+    }
+}

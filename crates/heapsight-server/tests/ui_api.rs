@@ -1,0 +1,350 @@
+//! The web UI's JSON API on a real server with a fast snapshot history (every 100 ms), while one
+//! call site grows steadily: the timeline shows the growth, the growing list names the site
+//! first, trees against a baseline show what is new, and bad parameters get clear errors.
+
+mod common;
+
+use common::request_to;
+use serde_json::Value;
+use std::time::Duration;
+
+#[global_allocator]
+static GLOBAL: heapsight::Sampler<std::alloc::System> = heapsight::Sampler::new(std::alloc::System);
+
+#[inline(never)]
+fn grows_steadily(kept: &mut Vec<Vec<u8>>, i: usize) {
+    kept.push(vec![i as u8; 256 << 10]);
+}
+
+fn get_json(addr: std::net::SocketAddr, path: &str) -> Value {
+    let r = request_to(addr, &format!("GET {path} HTTP/1.1"), b"");
+    assert_eq!(r.status, 200, "{path}: {}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"), "{path}");
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+fn names(tree: &Value) -> Vec<String> {
+    let strings = tree["strings"].as_array().unwrap();
+    tree["name"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            strings[i.as_u64().unwrap() as usize]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn timeline_growing_list_and_trees_follow_a_growing_site() {
+    heapsight::set_sample_rate(64 * 1024);
+    let server = heapsight_server::Options::new()
+        .history(Duration::from_millis(100), 50, 64 << 20)
+        .spawn("127.0.0.1:0")
+        .unwrap();
+    let addr = server.local_addr();
+    let mut kept = Vec::new();
+    for i in 0..30 {
+        grows_steadily(&mut kept, i);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let timeline = get_json(addr, "/debug/pprof/ui/api/snapshots");
+    assert_eq!(timeline["interval_ms"], 100);
+    let snaps = timeline["snapshots"].as_array().unwrap();
+    assert!(snaps.len() >= 5, "{} snapshots", snaps.len());
+    let first = snaps[0]["inuse_space"].as_i64().unwrap();
+    let last = snaps.last().unwrap()["inuse_space"].as_i64().unwrap();
+    assert!(
+        last > first + (2 << 20),
+        "the timeline shows the growth: {first} -> {last}"
+    );
+
+    let growing = get_json(addr, "/debug/pprof/ui/api/growing?window=20");
+    let top = &growing["stacks"][0];
+    let frames: Vec<&str> = top["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert!(
+        frames.iter().any(|f| f.ends_with("grows_steadily")),
+        "{growing}"
+    );
+    assert!(top["rate_per_second"].as_f64().unwrap() > 1e6, "{top}");
+
+    let now = get_json(addr, "/debug/pprof/ui/api/tree?type=inuse_space");
+    let n = names(&now);
+    assert_eq!(n[0], "root");
+    let total = now["total"].as_array().unwrap();
+    let selfs = now["self"].as_array().unwrap();
+    let sum_self: i64 = selfs.iter().map(|v| v.as_i64().unwrap()).sum();
+    assert_eq!(
+        total[0].as_i64().unwrap(),
+        sum_self,
+        "every byte is in exactly one node's self"
+    );
+    assert!(n.iter().any(|f| f.ends_with("grows_steadily")));
+
+    let base_id = snaps[0]["id"].as_u64().unwrap();
+    let diff = get_json(addr, &format!("/debug/pprof/ui/api/tree?base={base_id}"));
+    assert_eq!(diff["has_base"], true);
+    let n = names(&diff);
+    let site = n
+        .iter()
+        .position(|f| f.ends_with("grows_steadily"))
+        .unwrap();
+    let (now_v, base_v) = (
+        diff["total"][site].as_i64().unwrap(),
+        diff["base"][site].as_i64().unwrap(),
+    );
+    assert!(
+        now_v > base_v,
+        "the site grew since the baseline: {base_v} -> {now_v}"
+    );
+
+    let last_id = snaps.last().unwrap()["id"].as_u64().unwrap();
+    let full = get_json(addr, &format!("/debug/pprof/ui/api/tree?at={last_id}"));
+    let small = get_json(
+        addr,
+        &format!("/debug/pprof/ui/api/tree?at={last_id}&max_nodes=5"),
+    );
+    assert!(small["name"].as_array().unwrap().len() <= 5);
+    assert!(names(&full).len() > 5);
+    assert_eq!(
+        small["total"][0], full["total"][0],
+        "capping loses no bytes"
+    );
+
+    let folded = request_to(addr, "GET /debug/pprof/ui/api/folded HTTP/1.1", b"");
+    assert!(folded.text().lines().any(|l| l.contains("grows_steadily")));
+    let svg = request_to(
+        addr,
+        "GET /debug/pprof/ui/api/flamegraph.svg?type=inuse_space HTTP/1.1",
+        b"",
+    );
+    assert_eq!(svg.header("content-type"), Some("image/svg+xml"));
+    assert!(svg.text().contains("<svg") && svg.text().contains("grows_steadily"));
+
+    // Focus, hide and the callers view, done by the server.
+    let site = n
+        .iter()
+        .find(|f| f.ends_with("grows_steadily"))
+        .unwrap()
+        .clone();
+    let focused = get_json(
+        addr,
+        &format!("/debug/pprof/ui/api/tree?at={last_id}&focus=grows_steadily"),
+    );
+    let (f_total, all_total) = (
+        focused["total"][0].as_i64().unwrap(),
+        full["total"][0].as_i64().unwrap(),
+    );
+    // Focus keeps exactly the stacks through the site: all of the focused tree is under it.
+    let f_names = names(&focused);
+    let f_parent = focused["parent"].as_array().unwrap();
+    let through: i64 = (1..f_names.len())
+        .filter(|&i| f_names[i].ends_with("grows_steadily"))
+        .filter(|&i| {
+            let mut p = f_parent[i].as_u64().unwrap() as usize;
+            while p != 0 && !f_names[p].ends_with("grows_steadily") {
+                p = f_parent[p].as_u64().unwrap() as usize;
+            }
+            p == 0
+        })
+        .map(|i| focused["total"][i].as_i64().unwrap())
+        .sum();
+    assert!(
+        f_total > 0 && f_total <= all_total,
+        "focus: {f_total} of {all_total}"
+    );
+    assert_eq!(
+        through, f_total,
+        "everything kept by focus passes through the site"
+    );
+    let hidden = get_json(
+        addr,
+        &format!("/debug/pprof/ui/api/tree?at={last_id}&hide=grows_steadily"),
+    );
+    assert!(!names(&hidden).iter().any(|f| f.ends_with("grows_steadily")));
+    assert_eq!(
+        hidden["total"][0], full["total"][0],
+        "hidden frames keep their bytes"
+    );
+    let callers = get_json(
+        addr,
+        &format!("/debug/pprof/ui/api/tree?at={last_id}&callers={site}"),
+    );
+    let c = names(&callers);
+    assert_eq!(c[1], site, "the callers view starts at the function");
+    let parent = callers["parent"].as_array().unwrap();
+    assert!(
+        (2..c.len()).any(|i| parent[i] == 1 && c[i].contains("timeline_growing_list_and_trees")),
+        "its caller, the test, is below it: {c:?}"
+    );
+
+    // Profiles from disk: one file, and two for a diff.
+    let heap = request_to(addr, "GET /debug/pprof/heap HTTP/1.1", b"").body;
+    let one = request_to(addr, "POST /debug/pprof/ui/api/tree HTTP/1.1", &heap);
+    assert_eq!(one.status, 200, "{}", one.text());
+    let one: Value = serde_json::from_slice(&one.body).unwrap();
+    assert_eq!(
+        one["type"], "inuse_space",
+        "a heap file opens on its default type"
+    );
+    assert_eq!(one["sample_types"].as_array().unwrap().len(), 4);
+    let mut two = heap.clone();
+    two.extend_from_slice(&heap);
+    let diff = request_to(
+        addr,
+        &format!(
+            "POST /debug/pprof/ui/api/tree?base_bytes={}&type=alloc_space HTTP/1.1",
+            heap.len()
+        ),
+        &two,
+    );
+    let diff: Value = serde_json::from_slice(&diff.body).unwrap();
+    assert_eq!(
+        (diff["has_base"].as_bool(), diff["type"].as_str()),
+        (Some(true), Some("alloc_space"))
+    );
+    assert_eq!(
+        diff["total"][0], diff["base"][0],
+        "a file against itself has not changed"
+    );
+
+    for (method, path, body, status) in [
+        (
+            "POST",
+            "/debug/pprof/ui/api/tree",
+            &b"not a profile"[..],
+            400,
+        ),
+        (
+            "POST",
+            "/debug/pprof/ui/api/tree?base_bytes=999999",
+            &heap[..],
+            400,
+        ),
+        ("POST", "/debug/pprof/ui/api/tree?type=cpu", &heap[..], 400),
+        ("GET", "/debug/pprof/ui/api/tree?focus=(", &b""[..], 400),
+    ] {
+        let r = request_to(addr, &format!("{method} {path} HTTP/1.1"), body);
+        assert_eq!(r.status, status, "{method} {path}: {}", r.text());
+    }
+
+    for (path, status) in [
+        ("/debug/pprof/ui/api/tree?type=bogus", 400),
+        ("/debug/pprof/ui/api/tree?at=abc", 400),
+        ("/debug/pprof/ui/api/tree?at=99999999", 404),
+        ("/debug/pprof/ui/api/growing?window=x", 400),
+        ("/debug/pprof/ui/api/nothing", 404),
+    ] {
+        let r = request_to(addr, &format!("GET {path} HTTP/1.1"), b"");
+        assert_eq!(r.status, status, "{path}: {}", r.text());
+    }
+    drop(kept);
+}
+
+/// A server of its own that keeps no snapshot history.
+fn server_without_history() -> heapsight_server::Server {
+    heapsight_server::Options::new()
+        .without_history()
+        .spawn("127.0.0.1:0")
+        .unwrap()
+}
+
+#[test]
+fn without_history_the_timeline_says_so() {
+    let server = server_without_history();
+    let r = request_to(
+        server.local_addr(),
+        "GET /debug/pprof/ui/api/snapshots HTTP/1.1",
+        b"",
+    );
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("history is turned off"));
+    let r = request_to(
+        server.local_addr(),
+        "GET /debug/pprof/ui/api/tree HTTP/1.1",
+        b"",
+    );
+    assert_eq!(r.status, 200, "the current heap needs no history");
+}
+
+/// A heap profile written by a Go program (`runtime/pprof`), opened as a file from disk.
+#[test]
+fn a_heap_profile_written_by_go_opens() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-heap");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("main.go"),
+        r#"package main
+
+import (
+	"os"
+	"runtime"
+	"runtime/pprof"
+)
+
+var keep [][]byte
+
+func grow() {
+	for i := 0; i < 64; i++ {
+		keep = append(keep, make([]byte, 1<<20))
+	}
+}
+
+func main() {
+	runtime.MemProfileRate = 4096
+	grow()
+	runtime.GC()
+	f, err := os.Create(os.Args[1])
+	if err != nil {
+		panic(err)
+	}
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		panic(err)
+	}
+	f.Close()
+}
+"#,
+    )
+    .unwrap();
+    let out = dir.join("go-heap.pb.gz");
+    let status = std::process::Command::new("go")
+        .args(["run", "main.go"])
+        .arg(&out)
+        .current_dir(&dir)
+        .env("GO111MODULE", "off")
+        .env("GOCACHE", dir.join("cache"))
+        .env("GOPATH", dir.join("gopath"))
+        .status()
+        .expect("`go` not found: the README's test command installs golang-go");
+    assert!(status.success());
+    let go_profile = std::fs::read(&out).unwrap();
+
+    let server = server_without_history();
+    let r = request_to(
+        server.local_addr(),
+        "POST /debug/pprof/ui/api/tree HTTP/1.1",
+        &go_profile,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let tree: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        tree["type"], "inuse_space",
+        "Go's heap profile opens on in-use bytes"
+    );
+    let n = names(&tree);
+    let grow = n
+        .iter()
+        .position(|f| f == "main.grow")
+        .unwrap_or_else(|| panic!("{n:?}"));
+    let held = tree["total"][grow].as_i64().unwrap();
+    assert!(held >= 60 << 20, "main.grow holds its 64 MiB ({held} B)");
+}

@@ -1,0 +1,586 @@
+//! The allocator hook: [`Sampler`] wraps any `GlobalAlloc` and samples what passes through it.
+//!
+//! The common cases are kept as cheap as they can be:
+//! - an allocation that is not sampled costs a thread-local countdown and one branch on top of
+//!   the inner allocator;
+//! - a free of a block that was not sampled costs one test of one bit of the pointer (for
+//!   alignments up to 8; otherwise a compare of `size | align` and a test of the pointer's top
+//!   bits), with no lock, no table probe and no memory read.
+//!
+//! The free can be that cheap because sampled blocks are placed where it can tell them apart by
+//! address alone. Every sampled block lies in the region ([`crate::region`]), whose address
+//! window is a shift and a compare away, or is 128 KiB or larger and recorded in the large-sample
+//! table ([`crate::live`]). On top of that, a sampled block whose alignment is 8 or less is always
+//! handed out 8 bytes past a 16-byte boundary ([`TAG`]). The inner allocators that matter return
+//! 16-byte aligned blocks (glibc, musl and jemalloc for every size above 8 bytes), so for them a
+//! free whose pointer has that bit clear is known not to be sampled after one test. A pointer that
+//! has it (jemalloc's 8-byte blocks, or those of an allocator that packs small blocks on 8-byte
+//! boundaries) is only tested the long way, inline, exactly as blocks of larger alignment always
+//! are.
+//!
+//! Everything else (drawing the next sample distance, walking the stack, interning it, placing
+//! the block, counting) happens in `#[cold]` functions. They take the caller's arguments in the
+//! caller's order, the allocator last, so that reaching one is a tail call that saves nothing.
+//!
+//! Must never: allocate through the global allocator (a per-thread guard stops the hook from
+//! sampling inside itself), take a lock, or panic.
+
+use crate::poisson::{self, Rng};
+use crate::stacks;
+use crate::tables::{self, count_drop, Loss, SAMPLE_RATE, TRUNCATED_STACKS};
+use crate::unwind::{self, StackBounds};
+use crate::{live, region};
+use std::alloc::{GlobalAlloc, Layout};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// Return addresses kept per sample, from the leaf.
+pub(crate) const MAX_DEPTH: usize = 128;
+/// While sampling is off, each thread looks at the rate again after this many bytes.
+const OFF_RECHECK_BYTES: i64 = 1 << 20;
+
+/// Per-thread sampler state. It has no destructor and a constant initialiser, so it is reachable
+/// with a plain thread-pointer offset and stays valid while the thread's other thread-locals are
+/// being destroyed.
+struct ThreadState {
+    /// Bytes left until the next sample point. Below zero: this allocation crossed one.
+    countdown: Cell<i64>,
+    /// Zero until the thread's first trip through the slow path.
+    rng: Cell<u64>,
+    /// Set while this thread is inside the hook's slow path.
+    in_hook: Cell<bool>,
+    stack: Cell<StackBounds>,
+    /// This thread's shard of the region's free lists, plus one; zero until first needed.
+    shard: Cell<u32>,
+}
+
+thread_local! {
+    static THREAD: ThreadState = const {
+        ThreadState {
+            countdown: Cell::new(0),
+            rng: Cell::new(0),
+            in_hook: Cell::new(false),
+            stack: Cell::new(StackBounds { low: 0, high: 0 }),
+            shard: Cell::new(0),
+        }
+    };
+}
+
+/// A global allocator that samples the allocations it passes on to `A`.
+///
+/// ```
+/// #[global_allocator]
+/// static GLOBAL: heapsight::Sampler<std::alloc::System> =
+///     heapsight::Sampler::new(std::alloc::System);
+///
+/// heapsight::set_sample_rate(64 * 1024);
+/// let before = heapsight::snapshot();
+/// let kept: Vec<Vec<u8>> = (0..64).map(|_| vec![7u8; 256 * 1024]).collect();
+/// // 16 MiB held, estimated from a sample of about 256 allocations of it.
+/// let held = heapsight::snapshot().delta(&before).inuse_space();
+/// assert!((12 << 20..20 << 20).contains(&held), "{held} bytes");
+/// # drop(kept);
+/// ```
+///
+/// Sampled blocks smaller than 128 KiB are served from the profiler's own address range rather
+/// than by `A`; everything else goes to `A` unchanged.
+pub struct Sampler<A> {
+    inner: A,
+}
+
+impl<A> Sampler<A> {
+    /// Wraps `inner`, usually `std::alloc::System` or `tikv_jemallocator::Jemalloc`.
+    pub const fn new(inner: A) -> Self {
+        Sampler { inner }
+    }
+
+    /// The wrapped allocator.
+    pub fn inner(&self) -> &A {
+        &self.inner
+    }
+}
+
+/// Takes `size` bytes off this thread's countdown. True when no sample point was crossed: the
+/// caller goes straight to the inner allocator.
+#[inline(always)]
+fn countdown(size: usize) -> bool {
+    THREAD.with(|t| {
+        let left = t.countdown.get().wrapping_sub(size as i64);
+        t.countdown.set(left);
+        left >= 0
+    })
+}
+
+/// Whether a sampled block of this layout would be tracked in the large-sample table.
+#[inline(always)]
+fn is_large(layout: Layout) -> bool {
+    (layout.size() | layout.align()) >= region::LARGE
+}
+
+/// The address bit every sampled block of alignment 8 or less has set: such blocks start 8 bytes
+/// past a 16-byte boundary.
+pub(crate) const TAG: usize = 8;
+
+/// Whether a sampled block of this layout carries [`TAG`].
+#[inline(always)]
+fn tagged(layout: Layout) -> bool {
+    layout.align() <= TAG
+}
+
+/// The free path's filter: false for every block that was not sampled. For alignments up to 8
+/// (known at compile time for most frees) a block without [`TAG`] was not sampled: one test and
+/// one branch. Past that, or with the tag set, two compares against constants decide.
+///
+/// Written as two separate returns: in the global allocator shim, where the alignment is not a
+/// constant, the compiler then emits two compare-and-branch pairs, alignment first (four
+/// instructions), where a single `&&` has it merge both conditions with `setcc` (six).
+#[inline(always)]
+fn maybe_sampled(ptr: *mut u8, layout: Layout) -> bool {
+    if !tagged(layout) {
+        return is_large(layout) || region::in_window(ptr);
+    }
+    ptr as usize & TAG != 0 && (region::in_window(ptr) || is_large(layout))
+}
+
+/// The inner allocator's layout for a large sampled block of `layout`, and the block's offset in
+/// it: a tagged block is 16 bytes longer, 16-byte aligned, and starts [`TAG`] bytes in.
+fn large_placement(layout: Layout) -> Option<(Layout, usize)> {
+    if !tagged(layout) {
+        return Some((layout, 0));
+    }
+    let outer = Layout::from_size_align(layout.size().checked_add(2 * TAG)?, 2 * TAG).ok()?;
+    Some((outer, TAG))
+}
+
+static SEEDS: AtomicU64 = AtomicU64::new(0);
+static SHARD_TURN: AtomicU32 = AtomicU32::new(0);
+
+/// This thread's shard of the region's free lists, handed out round-robin on first use, so that
+/// threads that sample at the same time mostly touch cache lines of their own.
+fn shard(t: &ThreadState) -> usize {
+    match t.shard.get() {
+        0 => {
+            let s = SHARD_TURN.fetch_add(1, Ordering::Relaxed) as usize % region::SHARDS;
+            t.shard.set(s as u32 + 1);
+            s
+        }
+        s => s as usize - 1,
+    }
+}
+
+fn seed(t: &ThreadState) -> Rng {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own and nothing else.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let mut rng = Rng::new(
+        (ts.tv_nsec as u64 ^ (ts.tv_sec as u64).rotate_left(32))
+            ^ (t as *const ThreadState as u64).rotate_left(17)
+            ^ SEEDS.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed),
+    );
+    rng.next_u64();
+    rng
+}
+
+fn next_countdown(rng: &mut Rng, rate: usize) -> i64 {
+    match rate {
+        0 => OFF_RECHECK_BYTES,
+        1 => 0,
+        r => rng.next_sample_distance(r as u64).min(i64::MAX as u64) as i64,
+    }
+}
+
+/// Called when an allocation of `size` bytes took the countdown below zero. Returns the sample's
+/// fixed-point weight when it is to be recorded.
+#[cold]
+#[inline(never)]
+fn decide(size: usize) -> Option<u64> {
+    THREAD.with(|t| {
+        let rate = SAMPLE_RATE.load(Ordering::Relaxed);
+        if t.in_hook.get() {
+            // Paused (or inside the hook): place the next sample point further on, so that the
+            // paused thread does not come through here on every allocation.
+            if t.rng.get() != 0 {
+                let mut rng = Rng::new(t.rng.get());
+                t.countdown
+                    .set(next_countdown(&mut rng, rate).max(OFF_RECHECK_BYTES));
+                t.rng.set(rng.next_u64() | 1);
+            }
+            return None;
+        }
+        if t.rng.get() == 0 {
+            // First allocation on this thread: place its first sample point, then see whether
+            // this allocation already reaches it.
+            let mut rng = seed(t);
+            let left = next_countdown(&mut rng, rate).saturating_sub(size as i64);
+            t.rng.set(rng.next_u64() | 1);
+            t.countdown.set(left);
+            if left >= 0 || rate == 0 {
+                return None;
+            }
+        }
+        let mut rng = Rng::new(t.rng.get());
+        let next = next_countdown(&mut rng, rate);
+        t.rng.set(rng.next_u64() | 1);
+        t.countdown.set(next);
+        if rate == 0 {
+            return None;
+        }
+        Some(poisson::weight_fixed(size as u64, rate as u64))
+    })
+}
+
+/// Marks this thread as inside the hook for as long as it lives.
+struct InHook<'a>(&'a Cell<bool>);
+
+impl Drop for InHook<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
+fn record_alloc(stack: u32, size: usize, weight_fx: u64) {
+    let t = stacks::totals(stack);
+    t.alloc_objects_fx.fetch_add(weight_fx, Ordering::Relaxed);
+    t.alloc_space.fetch_add(
+        poisson::weighted_bytes(size as u64, weight_fx),
+        Ordering::Relaxed,
+    );
+    t.alloc_sample_bytes
+        .fetch_add(size as u64, Ordering::Relaxed);
+    // Release: a snapshot that sees this count also sees the stack's frames.
+    t.alloc_samples.fetch_add(1, Ordering::Release);
+}
+
+fn record_free(stack: u32, size: usize, weight_fx: u64) {
+    let t = stacks::totals(stack);
+    t.free_objects_fx.fetch_add(weight_fx, Ordering::Relaxed);
+    t.free_space.fetch_add(
+        poisson::weighted_bytes(size as u64, weight_fx),
+        Ordering::Relaxed,
+    );
+    t.free_sample_bytes
+        .fetch_add(size as u64, Ordering::Relaxed);
+    t.free_samples.fetch_add(1, Ordering::Relaxed);
+}
+
+impl<A: GlobalAlloc> Sampler<A> {
+    /// An allocation that crossed this thread's sample point: sampled, or (when sampling is off
+    /// or paused) passed on. Kept out of line so the fast path is a bare tail call.
+    ///
+    /// # Safety
+    /// As [`GlobalAlloc::alloc`]: `layout` has a non-zero size. `zeroed` asks for the block
+    /// to be zeroed, as [`GlobalAlloc::alloc_zeroed`] does.
+    #[cold]
+    #[inline(never)]
+    unsafe fn alloc_slow(layout: Layout, zeroed: bool, this: &Self) -> *mut u8 {
+        match decide(layout.size()) {
+            // SAFETY: forwarded unchanged from our caller.
+            Some(w) => unsafe { this.alloc_sampled(layout, w, zeroed) },
+            // SAFETY: forwarded unchanged from our caller.
+            None if zeroed => unsafe { this.inner.alloc_zeroed(layout) },
+            // SAFETY: forwarded unchanged from our caller.
+            None => unsafe { this.inner.alloc(layout) },
+        }
+    }
+
+    /// Records a sampled allocation: walks the stack, interns it and places the block where a
+    /// free will recognise it. Any table that is full turns the sample into a counted drop and
+    /// the allocation into a plain one.
+    ///
+    /// # Safety
+    /// As [`GlobalAlloc::alloc`]: `layout` has a non-zero size. `weight_fx` is the weight
+    /// [`decide`] drew for this allocation.
+    #[cold]
+    #[inline(never)]
+    unsafe fn alloc_sampled(&self, layout: Layout, weight_fx: u64, zeroed: bool) -> *mut u8 {
+        let plain = |this: &Self| {
+            // SAFETY: forwarded from the caller's GlobalAlloc contract (non-zero size).
+            unsafe {
+                if zeroed {
+                    this.inner.alloc_zeroed(layout)
+                } else {
+                    this.inner.alloc(layout)
+                }
+            }
+        };
+        if !tables::ready() {
+            count_drop(Loss::NoTables);
+            return plain(self);
+        }
+        let frame_marker = 0u8;
+        let frame_marker = std::hint::black_box(&frame_marker) as *const u8 as usize;
+        THREAD.with(|t| {
+            t.in_hook.set(true);
+            let _guard = InHook(&t.in_hook);
+            let mut bounds = t.stack.get();
+            if bounds.high == 0 {
+                bounds = StackBounds::current();
+                t.stack.set(bounds);
+            }
+            let mut frames = [0usize; MAX_DEPTH];
+            let (depth, truncated) = unwind::capture(bounds, &mut frames, frame_marker);
+            if truncated {
+                TRUNCATED_STACKS.fetch_add(1, Ordering::Relaxed);
+            }
+            let stack = match stacks::intern(&frames[..depth]) {
+                Ok(id) => id,
+                Err(stacks::InternError::NoTable) => {
+                    count_drop(Loss::NoTables);
+                    return plain(self);
+                }
+                Err(stacks::InternError::Full) => {
+                    count_drop(Loss::StackTableFull);
+                    return plain(self);
+                }
+            };
+            let size = layout.size();
+            if !is_large(layout) {
+                let offset = if tagged(layout) { TAG } else { 0 };
+                let Some(slot) = region::alloc(size, layout.align(), offset, shard(t)) else {
+                    count_drop(Loss::RegionFull);
+                    return plain(self);
+                };
+                if zeroed {
+                    // SAFETY: the slot is at least `size` bytes of writable memory that nobody
+                    // else holds (a reused slot still has its previous owner's bytes).
+                    unsafe { slot.ptr.as_ptr().write_bytes(0, size) };
+                }
+                slot.meta.stack_or_next.store(stack, Ordering::Relaxed);
+                slot.meta.size.store(size as u32, Ordering::Relaxed);
+                slot.meta.weight_fx.store(weight_fx, Ordering::Relaxed);
+                record_alloc(stack, size, weight_fx);
+                slot.ptr.as_ptr()
+            } else {
+                let Some((outer, offset)) = large_placement(layout) else {
+                    // A size this close to `isize::MAX` cannot be served by any allocator.
+                    return plain(self);
+                };
+                // SAFETY: `outer` has a non-zero size (it is at least `layout`'s).
+                let raw = unsafe {
+                    if zeroed {
+                        self.inner.alloc_zeroed(outer)
+                    } else {
+                        self.inner.alloc(outer)
+                    }
+                };
+                if raw.is_null() {
+                    return raw;
+                }
+                // SAFETY: `offset` is 0 or TAG, inside the `outer.size() > TAG` bytes at `raw`.
+                let ptr = unsafe { raw.add(offset) };
+                if live::insert(ptr as usize, stack, weight_fx) {
+                    record_alloc(stack, size, weight_fx);
+                    ptr
+                } else {
+                    // Untracked, a tagged block could not be told apart from a plain one when
+                    // freed: give it back and hand out a plain block instead.
+                    count_drop(Loss::LargeTableFull);
+                    // SAFETY: allocated just above with `outer`, never handed out.
+                    unsafe { self.inner.dealloc(raw, outer) };
+                    plain(self)
+                }
+            }
+        })
+    }
+
+    /// Frees a block that may have been sampled: a region slot, or a large block that may be in
+    /// the large-sample table.
+    ///
+    /// # Safety
+    /// As [`GlobalAlloc::dealloc`]: `ptr` was allocated by this allocator with `layout` and is
+    /// not used again.
+    #[cold]
+    #[inline(never)]
+    unsafe fn dealloc_slow(ptr: *mut u8, layout: Layout, this: &Self) {
+        if region::contains(ptr) {
+            let meta = region::slot_of(ptr);
+            let stack = meta.stack_or_next.load(Ordering::Relaxed);
+            let size = meta.size.load(Ordering::Relaxed) as usize;
+            record_free(stack, size, meta.weight_fx.load(Ordering::Relaxed));
+            region::free(ptr, THREAD.with(shard));
+            return;
+        }
+        if is_large(layout) {
+            if let Some(s) = live::remove(ptr as usize) {
+                record_free(s.stack, layout.size(), s.weight_fx);
+                // SAFETY: a large sampled block of `layout`, no longer used.
+                unsafe { this.dealloc_large(ptr, layout) };
+                return;
+            }
+        }
+        // SAFETY: not a sampled block, so `ptr` came from the inner allocator with `layout`.
+        unsafe { this.inner.dealloc(ptr, layout) }
+    }
+
+    /// Gives a large sampled block back to the inner allocator.
+    ///
+    /// # Safety
+    /// `ptr` was handed out by `alloc_sampled` for `layout` as a large block, and is not used
+    /// again.
+    unsafe fn dealloc_large(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `large_placement` gave a placement for this layout when the block was placed,
+        // and gives the same one now.
+        let (outer, offset) = unsafe { large_placement(layout).unwrap_unchecked() };
+        // SAFETY: the block starts `offset` bytes into an allocation of `outer`.
+        unsafe { self.inner.dealloc(ptr.sub(offset), outer) }
+    }
+
+    /// A resize the fast path could not pass straight on: the old block may have been sampled,
+    /// or the new size crossed the sample point (`crossed`).
+    ///
+    /// # Safety
+    /// As [`GlobalAlloc::realloc`]: `ptr` was allocated by this allocator with `layout`,
+    /// `new_size` is non-zero, and `(new_size, layout.align())` is a valid layout.
+    #[cold]
+    #[inline(never)]
+    unsafe fn realloc_slow(
+        ptr: *mut u8,
+        layout: Layout,
+        new_size: usize,
+        crossed: bool,
+        this: &Self,
+    ) -> *mut u8 {
+        let sample_new = if crossed { decide(new_size) } else { None };
+        // SAFETY: GlobalAlloc::realloc's contract makes (new_size, align) a valid layout.
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        // A tagged large block sits inside a padded allocation, so it cannot be resized in place
+        // into a plain one.
+        let moves = sample_new.is_some()
+            || region::contains(ptr)
+            || (is_large(layout) && tagged(layout) && live::contains(ptr as usize));
+        if !moves {
+            // A block of the inner allocator, not sampled again: let the inner allocator resize
+            // it in place, and count the old sample (if any) as freed once it has.
+            let old = if is_large(layout) {
+                live::remove(ptr as usize)
+            } else {
+                None
+            };
+            // SAFETY: not a region slot nor a tagged large block, so `ptr` came from the inner
+            // allocator with `layout`.
+            let new = unsafe { this.inner.realloc(ptr, layout, new_size) };
+            match old {
+                Some(s) if new.is_null() => {
+                    // The old block is still there and still sampled.
+                    live::insert(ptr as usize, s.stack, s.weight_fx);
+                }
+                Some(s) => record_free(s.stack, layout.size(), s.weight_fx),
+                None => {}
+            }
+            return new;
+        }
+        // Move it.
+        let new = match sample_new {
+            // SAFETY: new_layout has a non-zero size (GlobalAlloc::realloc's contract).
+            Some(w) => unsafe { this.alloc_sampled(new_layout, w, false) },
+            // SAFETY: as above.
+            None => unsafe { this.inner.alloc(new_layout) },
+        };
+        if !new.is_null() {
+            // SAFETY: both blocks are live, distinct, and at least this long.
+            unsafe { std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size)) };
+            // SAFETY: `ptr` was allocated by this allocator with `layout` and is not used again.
+            unsafe { this.dealloc(ptr, layout) };
+        }
+        new
+    }
+}
+
+// SAFETY: every block handed out is one of: the inner allocator's, for the layout asked; a region
+// slot at least as large and as aligned as the layout, or 8 bytes into such a slot for alignments
+// up to 8 (region::alloc's classes round `max(size + offset, align)` up to a power of two inside
+// an aligned span); or, for a large sampled block of alignment up to 8, 8 bytes into an inner
+// allocation 16 bytes longer and 16-byte aligned. Each is used by one owner at a time. Frees go
+// back to whichever made the block, told apart by address and, for large ones, the large-sample
+// table.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for Sampler<A> {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if countdown(layout.size()) {
+            // SAFETY: forwarded unchanged from our caller.
+            return unsafe { self.inner.alloc(layout) };
+        }
+        // SAFETY: forwarded unchanged from our caller.
+        unsafe { Self::alloc_slow(layout, false, self) }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if countdown(layout.size()) {
+            // SAFETY: forwarded unchanged from our caller.
+            return unsafe { self.inner.alloc_zeroed(layout) };
+        }
+        // SAFETY: forwarded unchanged from our caller.
+        unsafe { Self::alloc_slow(layout, true, self) }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if maybe_sampled(ptr, layout) {
+            // SAFETY: forwarded unchanged from our caller.
+            unsafe { Self::dealloc_slow(ptr, layout, self) }
+        } else {
+            // SAFETY: not a region slot, so the inner allocator made it with this layout.
+            unsafe { self.inner.dealloc(ptr, layout) }
+        }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let crossed = !countdown(new_size);
+        if !crossed && !maybe_sampled(ptr, layout) {
+            // SAFETY: neither block is sampled: this is the inner allocator's realloc unchanged.
+            return unsafe { self.inner.realloc(ptr, layout, new_size) };
+        }
+        // SAFETY: forwarded unchanged from our caller.
+        unsafe { Self::realloc_slow(ptr, layout, new_size, crossed, self) }
+    }
+}
+
+/// Runs `f` with sampling paused on this thread, so that the profiler's own work (symbolizing,
+/// encoding) does not show up in the profiles it writes.
+pub(crate) fn without_sampling<R>(f: impl FnOnce() -> R) -> R {
+    THREAD.with(|t| {
+        let was = t.in_hook.replace(true);
+        struct Restore<'a>(&'a Cell<bool>, bool);
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                self.0.set(self.1);
+            }
+        }
+        let _restore = Restore(&t.in_hook, was);
+        f()
+    })
+}
+
+/// Sets the mean number of bytes between samples, for every thread.
+///
+/// `1` records every allocation; `0` turns sampling off. The calling thread draws its next
+/// sample point at the new rate at once; other threads do so at their next sample (or within
+/// 1 MiB of allocation, if sampling was off).
+///
+/// ```
+/// heapsight::set_sample_rate(64 * 1024);
+/// assert_eq!(heapsight::sample_rate(), 64 * 1024);
+/// heapsight::set_sample_rate(heapsight::DEFAULT_SAMPLE_RATE);
+/// ```
+pub fn set_sample_rate(rate: usize) {
+    SAMPLE_RATE.store(rate, Ordering::Relaxed);
+    THREAD.with(|t| {
+        let mut rng = if t.rng.get() == 0 {
+            seed(t)
+        } else {
+            Rng::new(t.rng.get())
+        };
+        t.countdown.set(next_countdown(&mut rng, rate));
+        t.rng.set(rng.next_u64() | 1);
+    });
+}
+
+/// The current sample rate: mean bytes between samples, `1` for every allocation, `0` for off.
+pub fn sample_rate() -> usize {
+    SAMPLE_RATE.load(Ordering::Relaxed)
+}

@@ -1,0 +1,121 @@
+//! Where snapshots come from. heapsight's own sampler is one source; another profiler's data
+//! (jemalloc's, in `heapsight-jemalloc`) can be another, turned into the same [`Snapshot`] model
+//! so that everything downstream (profiles, call trees, deltas, the server) serves it unchanged.
+//!
+//! Whoever builds profiles from a source's snapshots runs that work once inside the source's
+//! [`SnapshotSource::unprofiled`]; building a profile never pauses or resumes sampling itself.
+
+use crate::snapshot::{snapshot, Snapshot};
+use std::fmt;
+
+/// A source of heap snapshots.
+///
+/// Taking a snapshot may block (another profiler may have to write its data out first), so
+/// callers on an async runtime run it on a blocking thread.
+pub trait SnapshotSource: Send + Sync {
+    /// A short name for people: profile comments and the server's index page show it.
+    fn name(&self) -> &str;
+
+    /// Every stack's running totals now. Two snapshots of the same source subtract with
+    /// [`Snapshot::delta`].
+    fn snapshot(&self) -> Result<Snapshot, SourceError>;
+
+    /// Runs `work` with this source's sampling paused on the calling thread, so that the
+    /// profiler's own work (symbolizing, building profiles and trees) stays out of the heap it
+    /// profiles. The symbolizer's caches, for one, are the profiler's memory, not the service's.
+    fn unprofiled(&self, work: &mut dyn FnMut()) {
+        work()
+    }
+}
+
+impl<S: SnapshotSource + ?Sized> SnapshotSource for std::sync::Arc<S> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, SourceError> {
+        (**self).snapshot()
+    }
+
+    fn unprofiled(&self, work: &mut dyn FnMut()) {
+        (**self).unprofiled(work)
+    }
+}
+
+/// heapsight's own sampler: the [`crate::Sampler`] installed as the global allocator.
+///
+/// ```
+/// use heapsight::{SamplerSource, SnapshotSource};
+///
+/// #[global_allocator]
+/// static GLOBAL: heapsight::Sampler<std::alloc::System> =
+///     heapsight::Sampler::new(std::alloc::System);
+///
+/// heapsight::set_sample_rate(1);
+/// let before = SamplerSource.snapshot().expect("the sampler is always available");
+/// // The profiler's own work, paused: none of it is sampled.
+/// let mut scratch = Vec::new();
+/// SamplerSource.unprofiled(&mut || scratch = vec![0u8; 1 << 20]);
+/// let kept = vec![0u8; 1 << 20];
+/// let held = SamplerSource.snapshot().unwrap().delta(&before).inuse_space();
+/// assert!((1 << 20..2 << 20).contains(&held), "only `kept` is in the heap: {held}");
+/// # drop((kept, scratch));
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SamplerSource;
+
+impl SnapshotSource for SamplerSource {
+    fn name(&self) -> &str {
+        "heapsight sampler"
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, SourceError> {
+        Ok(snapshot())
+    }
+
+    fn unprofiled(&self, work: &mut dyn FnMut()) {
+        crate::sampler::without_sampling(work)
+    }
+}
+
+/// Why a source could not produce a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceError {
+    pub kind: SourceErrorKind,
+    /// What went wrong and, where it helps, how to fix it.
+    pub message: String,
+}
+
+/// The kinds of [`SourceError`], which a server maps to HTTP statuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceErrorKind {
+    /// The profiler behind the source is not available in this process (not compiled in, or
+    /// not turned on at start). Retrying will not help.
+    NotEnabled,
+    /// The profiler is there but producing its data failed.
+    Failed,
+}
+
+impl SourceError {
+    pub fn not_enabled(message: impl Into<String>) -> SourceError {
+        SourceError {
+            kind: SourceErrorKind::NotEnabled,
+            message: message.into(),
+        }
+    }
+
+    pub fn failed(message: impl Into<String>) -> SourceError {
+        SourceError {
+            kind: SourceErrorKind::Failed,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for SourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for SourceError {}

@@ -1,0 +1,144 @@
+//! One-time setup of the profiler's tables, the global sample rate, and the counters that make
+//! every degradation visible.
+//!
+//! Setup happens on the first sampled allocation, inside the hook. A thread that finds setup in
+//! progress on another thread does not wait: it lets its sample go (counted) and carries on.
+
+use crate::{live, region, stacks};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+
+/// Go's `MemProfileRate`: one sample per 512 KiB allocated, on average.
+pub const DEFAULT_SAMPLE_RATE: usize = 512 * 1024;
+
+pub(crate) static SAMPLE_RATE: AtomicUsize = AtomicUsize::new(DEFAULT_SAMPLE_RATE);
+
+const UNINIT: u8 = 0;
+const BUSY: u8 = 1;
+const READY: u8 = 2;
+const FAILED: u8 = 3;
+static STATE: AtomicU8 = AtomicU8::new(UNINIT);
+static RESERVED: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether the tables exist, setting them up if nobody has tried yet.
+pub(crate) fn ready() -> bool {
+    match STATE.load(Ordering::Acquire) {
+        READY => true,
+        UNINIT => {
+            if STATE
+                .compare_exchange(UNINIT, BUSY, Ordering::Acquire, Ordering::Acquire)
+                .is_err()
+            {
+                return STATE.load(Ordering::Acquire) == READY;
+            }
+            let reserved = stacks::init().and_then(|s| Some(s + live::init()? + region::init()?));
+            RESERVED.store(reserved.unwrap_or(0), Ordering::Relaxed);
+            let done = if reserved.is_some() { READY } else { FAILED };
+            STATE.store(done, Ordering::Release);
+            done == READY
+        }
+        _ => false,
+    }
+}
+
+/// As [`ready`], but waits while another thread sets the tables up. Only for callers outside
+/// the hook (which must never wait): unit tests that need the tables.
+#[cfg(test)]
+pub(crate) fn ready_or_wait() -> bool {
+    loop {
+        if ready() {
+            return true;
+        }
+        if STATE.load(Ordering::Acquire) != BUSY {
+            return false;
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// Why a sample was not recorded. Each has a counter in [`crate::Stats`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Loss {
+    /// The tables were being set up by another thread, or could not be mapped.
+    NoTables = 0,
+    /// The stack table reached its capacity of distinct stacks or frames.
+    StackTableFull = 1,
+    /// The sampled-block region's span for this size class is used up.
+    RegionFull = 2,
+    /// The large-sample table is full.
+    LargeTableFull = 3,
+}
+
+static DROPS: [AtomicU64; 4] = [
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+];
+pub(crate) static TRUNCATED_STACKS: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) fn count_drop(why: Loss) {
+    DROPS[why as usize].fetch_add(1, Ordering::Relaxed);
+}
+
+/// What the profiler holds and what it had to let go, as returned by [`crate::stats`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// The current sample rate (mean bytes between samples; 0 is off).
+    pub sample_rate: usize,
+    /// Distinct stacks recorded so far.
+    pub stacks: usize,
+    /// How many distinct stacks the table holds before new ones are dropped.
+    pub stack_capacity: usize,
+    /// Resident bytes of the stack table's entries and frames (grows with distinct stacks).
+    pub stack_table_bytes: usize,
+    /// Bytes of sampled-block slots ever carved from the region (reused after frees).
+    pub sampled_block_bytes: usize,
+    /// Address space reserved for all tables; only touched pages are resident.
+    pub reserved_bytes: usize,
+    /// Samples lost because the tables were not there yet, or could not be mapped (for instance
+    /// when the sampled-block region's address window is taken).
+    pub dropped_no_tables: u64,
+    /// Samples lost because the stack table was full.
+    pub dropped_stack_table_full: u64,
+    /// Samples lost because a size class of the sampled-block region was full.
+    pub dropped_region_full: u64,
+    /// Samples lost because the large-sample table was full.
+    pub dropped_large_table_full: u64,
+    /// Samples whose stack was deeper than the unwinder keeps (leaf frames are kept).
+    pub truncated_stacks: u64,
+}
+
+impl Stats {
+    /// All samples that were drawn but not recorded, whatever the reason.
+    pub fn dropped_samples(&self) -> u64 {
+        self.dropped_no_tables
+            + self.dropped_stack_table_full
+            + self.dropped_region_full
+            + self.dropped_large_table_full
+    }
+}
+
+/// The profiler's own footprint and losses so far.
+///
+/// ```
+/// let stats = heapsight::stats();
+/// assert_eq!(stats.stack_capacity, 1 << 18);
+/// assert_eq!(stats.dropped_samples(), 0);
+/// ```
+pub fn stats() -> Stats {
+    let d = |w: Loss| DROPS[w as usize].load(Ordering::Relaxed);
+    Stats {
+        sample_rate: SAMPLE_RATE.load(Ordering::Relaxed),
+        stacks: stacks::len() as usize,
+        stack_capacity: stacks::MAX_STACKS,
+        stack_table_bytes: stacks::bytes_used(),
+        sampled_block_bytes: region::slots_ever_used_bytes(),
+        reserved_bytes: RESERVED.load(Ordering::Relaxed),
+        dropped_no_tables: d(Loss::NoTables),
+        dropped_stack_table_full: d(Loss::StackTableFull),
+        dropped_region_full: d(Loss::RegionFull),
+        dropped_large_table_full: d(Loss::LargeTableFull),
+        truncated_stacks: TRUNCATED_STACKS.load(Ordering::Relaxed),
+    }
+}

@@ -1,0 +1,77 @@
+// The JSON API of docs/ui-api.md: the answers' types, and the requests the UI makes. Nothing
+// else in the UI talks to the server.
+
+/** `GET api/snapshots`: the timeline. */
+export interface Snapshots {
+  interval_ms: number;
+  capacity: number;
+  bytes: number;
+  /** Where the heap data comes from: "heapsight sampler", "jemalloc profiler". */
+  source?: string;
+  /** Why the last scheduled snapshot failed, if it did. */
+  error?: string | null;
+  snapshots: SnapshotPoint[];
+}
+
+export interface SnapshotPoint {
+  id: number;
+  time_ms: number;
+  inuse_space: number;
+  inuse_objects: number;
+  alloc_space: number;
+  alloc_objects: number;
+}
+
+/** `GET api/growing`: the stacks growing fastest. */
+export interface Growing {
+  type: string;
+  window_seconds: number;
+  snapshots: number;
+  stacks: { stack: number; frames: string[]; rate_per_second: number; first: number; last: number }[];
+}
+
+/** `GET api/tree` and `POST api/tree`: a call tree, columnar. */
+export interface TreeJson {
+  type: string;
+  unit: string;
+  time_ms: number;
+  has_base: boolean;
+  merged_nodes: number;
+  strings: string[];
+  name: number[];
+  file: number[];
+  line: number[];
+  parent: number[];
+  self: number[];
+  total: number[];
+  base: number[];
+  in_base: boolean[];
+  /** Only in answers to `POST api/tree`: the uploaded file's sample types. */
+  sample_types?: string[];
+}
+
+/** The server's message for the last request that failed (profiling not enabled, ...). */
+export let lastError = "";
+
+/** A JSON answer, or undefined (with `lastError` set) when the server refused. */
+export async function getJson<T>(path: string): Promise<T | undefined> {
+  const r = await fetch(path);
+  if (!r.ok) {
+    lastError = `${r.status}: ${(await r.text()).trim()}`;
+    return undefined;
+  }
+  return (await r.json()) as T;
+}
+
+/**
+ * The tree of a profile file from disk, or of two (`base` first, as the baseline), read by the
+ * server as it reads its own profiles. Throws with the server's message when it cannot.
+ */
+export async function postTree(query: URLSearchParams, current: File, base?: File): Promise<TreeJson> {
+  const baseBytes = base ? await base.arrayBuffer() : new ArrayBuffer(0);
+  if (baseBytes.byteLength) query.set("base_bytes", String(baseBytes.byteLength));
+  const body = new Blob([baseBytes, await current.arrayBuffer()]);
+  const r = await fetch("api/tree?" + query.toString(), { method: "POST", body });
+  if (!r.ok) throw new Error(await r.text());
+  return (await r.json()) as TreeJson;
+}
