@@ -1,5 +1,5 @@
 //! Ground truth for the jemalloc source: the same known heap heapsight's sampler is checked
-//! against (`heapsight/tests/common/known_heap.rs`), sampled by jemalloc at the same 64 KiB rate,
+//! against (`heapsight-profile/tests/common/known_heap.rs`), sampled by jemalloc at the same 64 KiB rate,
 //! dumped, unbiased and served by heapsight-server to the real `go tool pprof`.
 
 #[path = "../../heapsight-profile/tests/common/mod.rs"]

@@ -38,19 +38,26 @@ fn names(tree: &Value) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn timeline_growing_list_and_trees_follow_a_growing_site() {
+/// A server with a snapshot every 100 ms, after `steps` steps of one site growing by 256 KiB
+/// every 50 ms; returns it with what the site holds.
+fn server_watching_growth(steps: usize) -> (heapsight_server::Server, Vec<Vec<u8>>) {
     heapsight::set_sample_rate(64 * 1024);
     let server = heapsight_server::Options::new()
         .history(Duration::from_millis(100), 50, 64 << 20)
         .spawn("127.0.0.1:0")
         .unwrap();
-    let addr = server.local_addr();
     let mut kept = Vec::new();
-    for i in 0..30 {
+    for i in 0..steps {
         grows_steadily(&mut kept, i);
         std::thread::sleep(Duration::from_millis(50));
     }
+    (server, kept)
+}
+
+#[test]
+fn timeline_growing_list_and_trees_follow_a_growing_site() {
+    let (server, kept) = server_watching_growth(30);
+    let addr = server.local_addr();
 
     let timeline = get_json(addr, "/debug/pprof/ui/api/snapshots");
     assert_eq!(timeline["interval_ms"], 100);
@@ -183,8 +190,8 @@ fn timeline_growing_list_and_trees_follow_a_growing_site() {
     assert_eq!(c[1], site, "the callers view starts at the function");
     let parent = callers["parent"].as_array().unwrap();
     assert!(
-        (2..c.len()).any(|i| parent[i] == 1 && c[i].contains("timeline_growing_list_and_trees")),
-        "its caller, the test, is below it: {c:?}"
+        (2..c.len()).any(|i| parent[i] == 1 && c[i].ends_with("::server_watching_growth")),
+        "its caller is below it: {c:?}"
     );
 
     // Profiles from disk: one file, and two for a diff.
@@ -347,4 +354,80 @@ func main() {
         .unwrap_or_else(|| panic!("{n:?}"));
     let held = tree["total"][grow].as_i64().unwrap();
     assert!(held >= 60 << 20, "main.grow holds its 64 MiB ({held} B)");
+}
+
+/// The keys of a JSON value, and of the first element of each array of objects, as dotted paths:
+/// the shape of an answer, whatever its values.
+fn shape(v: &Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                let path = format!("{prefix}{k}");
+                out.insert(path.clone());
+                shape(v, &format!("{path}."), out);
+            }
+        }
+        Value::Array(items) => {
+            if let Some(first) = items.first() {
+                shape(first, prefix, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The JSON example of `docs/ui-api.md` that follows the heading naming `endpoint`.
+fn documented(endpoint: &str) -> Value {
+    let doc = include_str!("../../../docs/ui-api.md");
+    let section = doc
+        .split("\n## ")
+        .find(|s| s.starts_with(&format!("`GET {endpoint}")))
+        .unwrap_or_else(|| panic!("docs/ui-api.md has no section on {endpoint}"));
+    let json = section
+        .split("```json\n")
+        .nth(1)
+        .and_then(|s| s.split("\n```").next())
+        .unwrap_or_else(|| panic!("the {endpoint} section has no JSON example"));
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("the {endpoint} example: {e}"))
+}
+
+#[test]
+fn answers_have_exactly_the_shape_docs_ui_api_md_shows() {
+    let (server, kept) = server_watching_growth(12);
+    let addr = server.local_addr();
+    let timeline = get_json(addr, "/debug/pprof/ui/api/snapshots");
+    let base = timeline["snapshots"][0]["id"].as_u64().unwrap();
+    for (endpoint, path) in [
+        ("snapshots", "/debug/pprof/ui/api/snapshots".to_string()),
+        ("tree", format!("/debug/pprof/ui/api/tree?base={base}")),
+        ("growing", "/debug/pprof/ui/api/growing".to_string()),
+    ] {
+        let (mut want, mut got) = Default::default();
+        shape(&documented(endpoint), "", &mut want);
+        shape(&get_json(addr, &path), "", &mut got);
+        assert_eq!(got, want, "{endpoint}: the answer's keys against the doc's");
+    }
+    drop(kept);
+}
+
+#[test]
+fn every_answer_says_nosniff() {
+    let server = server_without_history();
+    for path in [
+        "/debug/pprof/ui/api/tree",
+        "/debug/pprof/ui/api/flamegraph.svg",
+        "/debug/pprof/ui/api/folded",
+        "/debug/pprof/ui/api/snapshots",
+        "/debug/pprof/ui/",
+        "/debug/pprof/",
+        "/debug/pprof/nonsense",
+    ] {
+        let r = request_to(server.local_addr(), &format!("GET {path} HTTP/1.1"), b"");
+        assert_eq!(
+            r.header("x-content-type-options"),
+            Some("nosniff"),
+            "{path} ({})",
+            r.status
+        );
+    }
 }

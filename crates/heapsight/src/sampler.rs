@@ -542,16 +542,28 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Sampler<A> {
 
 /// Runs `f` with sampling paused on this thread, so that the profiler's own work (symbolizing,
 /// encoding) does not show up in the profiles it writes.
+///
+/// While paused, the thread's sample point is pushed at least 1 MiB ahead at every crossing.
+/// Resuming draws a fresh sample distance: sample distances are memoryless, so a fresh one is
+/// exactly as unbiased as the one that was running, whereas keeping the pushed one would skip
+/// the first megabyte the thread allocates after the pause.
 pub(crate) fn without_sampling<R>(f: impl FnOnce() -> R) -> R {
     THREAD.with(|t| {
         let was = t.in_hook.replace(true);
-        struct Restore<'a>(&'a Cell<bool>, bool);
+        struct Restore<'a>(&'a ThreadState, bool);
         impl Drop for Restore<'_> {
             fn drop(&mut self) {
-                self.0.set(self.1);
+                let t = self.0;
+                t.in_hook.set(self.1);
+                if !self.1 && t.rng.get() != 0 {
+                    let mut rng = Rng::new(t.rng.get());
+                    let rate = SAMPLE_RATE.load(Ordering::Relaxed);
+                    t.countdown.set(next_countdown(&mut rng, rate));
+                    t.rng.set(rng.next_u64() | 1);
+                }
             }
         }
-        let _restore = Restore(&t.in_hook, was);
+        let _restore = Restore(t, was);
         f()
     })
 }
