@@ -33,6 +33,13 @@ fn estimates_match_what_each_site_really_holds() {
     let profile = Profile::heap(&snapshot, HeapView::InUse);
     known_heap::check(&profile);
     assert_eq!(source.dropped_stacks(), 0);
+    // The source keeps its own stacks: a process on plain jemalloc never maps the sampler's
+    // tables (its stack table and its 7.5 GiB region window).
+    assert_eq!(
+        heapsight::stats().reserved_bytes,
+        0,
+        "the sampler's tables were mapped"
+    );
 
     // jemalloc's own frames (named or not) and the allocator plumbing are trimmed: no stack has a
     // function from jemalloc's sources, and none starts in the plumbing.
