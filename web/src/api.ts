@@ -27,7 +27,8 @@ export interface Growing {
   type: string;
   window_seconds: number;
   snapshots: number;
-  stacks: { stack: number; frames: string[]; rate_per_second: number; first: number; last: number }[];
+  /** `site`: the stack's first frame of the service's own code, from the leaf. */
+  stacks: { stack: number; frames: string[]; site: string; rate_per_second: number; first: number; last: number }[];
 }
 
 /** `GET api/tree` and `POST api/tree`: a call tree, columnar. */
@@ -38,6 +39,8 @@ export interface TreeJson {
   has_base: boolean;
   merged_nodes: number;
   strings: string[];
+  /** Per string: whether it names a frame of the service's own code. */
+  user?: boolean[];
   name: number[];
   file: number[];
   line: number[];

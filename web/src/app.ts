@@ -14,15 +14,6 @@ import { drawTimeline } from "./timeline";
 import { topRows } from "./top";
 import { Tree } from "./tree";
 
-/** Frames of the standard library and common runtime crates: a stack's site is below them. */
-const LIBRARY = /^(<&?(dyn )?)?(std|core|alloc|tokio|hashbrown|futures\w*|hyper|axum|tower|mio|parking_lot|crossbeam\w*|rayon\w*|serde\w*)::/;
-
-/** What to call a stack: its deepest frame in the application's own code. */
-export function siteOf(frames: string[]): string {
-  for (let i = frames.length - 1; i >= 0; i--) if (!LIBRARY.test(frames[i])) return frames[i];
-  return frames[frames.length - 1] ?? "?";
-}
-
 /**
  * Runs `f` once the next frame has been drawn: the graph gets that frame; the table, whose
  * layout costs more than the canvas, follows.
@@ -64,6 +55,8 @@ class App {
     $<HTMLSelectElement>("type").value = this.state.type;
     $<HTMLSelectElement>("palette").value = this.state.palette;
     $<HTMLInputElement>("search").value = this.state.search;
+    $<HTMLInputElement>("fold").checked = this.state.fold;
+    $<HTMLInputElement>("libraries").value = this.state.libraries;
     $<HTMLInputElement>("noise").value = String(+(this.state.noise * 100).toFixed(3));
     this.compileSearch();
     this.drawTimeline();
@@ -82,8 +75,9 @@ class App {
   }
 
   async loadTree() {
-    const q = new URLSearchParams({ type: this.state.type });
+    const q = new URLSearchParams({ type: this.state.type, fold: this.state.fold ? "1" : "0" });
     for (const k of FILTERS) if (this.state[k]) q.set(k, this.state[k]);
+    if (this.state.libraries) q.set("libraries", this.state.libraries);
     let json: TreeJson | undefined;
     if (this.files) {
       // Files from disk go to the server, which reads them as it reads its own profiles.
@@ -140,29 +134,48 @@ class App {
   }
 
   async loadGrowing() {
-    const g = await getJson<Growing>(`api/growing?type=${this.state.type.startsWith("alloc") ? "inuse_space" : this.state.type}`);
+    const q = new URLSearchParams({ type: this.state.type.startsWith("alloc") ? "inuse_space" : this.state.type });
+    if (this.state.libraries) q.set("libraries", this.state.libraries);
+    const g = await getJson<Growing>("api/growing?" + q.toString());
     const list = $("growing");
     list.replaceChildren();
     // Stacks growing at under 1% of the fastest one are noise next to it.
     const top = g?.stacks[0]?.rate_per_second ?? 0;
     for (const s of (g?.stacks ?? []).filter((s) => s.rate_per_second >= top / 100)) {
       const li = document.createElement("li");
-      li.textContent = `+${formatValue(s.rate_per_second, unitOf(this.state.type))}/s  ${siteOf(s.frames)}`;
+      li.textContent = `+${formatValue(s.rate_per_second, unitOf(this.state.type))}/s  ${s.site}`;
       li.title = s.frames.join("\n");
       li.dataset.frames = JSON.stringify(s.frames);
-      li.addEventListener("click", () => this.focusFrames(s.frames));
+      li.addEventListener("click", () => this.focusFrames(s.frames, s.site));
       list.appendChild(li);
     }
     if (!list.children.length) list.innerHTML = "<li class=muted>Nothing is growing.</li>";
+    // The window (or tab) says what grows fastest, for someone who has several open.
+    const fastest = (g?.stacks ?? [])[0];
+    document.title = fastest ? `heapsight: ${fastest.site} growing` : "heapsight";
   }
 
-  /** Zooms the graph on the site (see `siteOf`) of the stack `frames` (root first). */
-  focusFrames(frames: string[]) {
+  /** Zooms the graph on `site`, a frame of the stack `frames` (root first). */
+  focusFrames(frames: string[], site: string) {
     if (!this.tree) return;
-    const site = frames.lastIndexOf(siteOf(frames));
+    const t = this.tree;
+    const at = frames.lastIndexOf(site);
+    // With the runtime folded, the stack's first frames are one `[...]` frame in the tree.
+    const folded = t.children[0].filter((c) => t.name(c).startsWith("["));
+    const lookUp = (n: number) => {
+      const whole = t.find(frames.slice(0, n));
+      if (whole !== undefined) return whole;
+      for (const f of folded) {
+        for (let k = 1; k < n; k++) {
+          const node = t.find(frames.slice(k, n), f);
+          if (node !== undefined) return node;
+        }
+      }
+      return undefined;
+    };
     // The tree may have merged the stack's tail away: fall back towards the root.
-    for (let n = site + 1; n > 0; n--) {
-      const node = this.tree.find(frames.slice(0, n));
+    for (let n = at + 1; n > 0; n--) {
+      const node = lookUp(n);
       if (node !== undefined) {
         this.zoomTo(node);
         return;
@@ -175,7 +188,7 @@ class App {
     const unit = t.json.unit;
     const body = $("top").querySelector("tbody")!;
     body.replaceChildren();
-    for (const r of topRows(t)) {
+    for (const r of topRows(t, this.state.top, !this.state.fold)) {
       const tr = document.createElement("tr");
       tr.dataset.name = r.name;
       for (const v of [r.name, formatValue(r.self, unit), formatValue(r.total, unit), t.json.has_base ? (r.change >= 0 ? "+" : "") + formatValue(r.change, unit) : ""]) {
@@ -195,6 +208,10 @@ class App {
       body.appendChild(tr);
     }
     $("top").querySelector("thead th:last-child")!.textContent = t.json.has_base ? "change" : "";
+    // The column the table is sorted by, marked.
+    for (const th of $("top").querySelectorAll<HTMLElement>("thead th[data-order]")) {
+      th.classList.toggle("sorted", th.dataset.order === this.state.top);
+    }
   }
 
   select(node: number) {
@@ -352,6 +369,25 @@ $("noise").addEventListener("input", (e) => {
   writeState(app.state);
   app.draw();
 });
+$<HTMLInputElement>("fold").addEventListener("change", (e) => {
+  app.state.fold = (e.target as HTMLInputElement).checked;
+  app.state.zoom = [];
+  writeState(app.state);
+  app.loadTree();
+});
+$<HTMLInputElement>("libraries").addEventListener("change", (e) => {
+  app.state.libraries = (e.target as HTMLInputElement).value.replace(/\s+/g, "");
+  writeState(app.state);
+  app.loadTree();
+  app.loadGrowing();
+});
+for (const th of document.querySelectorAll<HTMLElement>("#top thead th[data-order]")) {
+  th.addEventListener("click", () => {
+    app.state.top = th.dataset.order as "self" | "total" | "change";
+    writeState(app.state);
+    app.drawTop();
+  });
+}
 $("reset").addEventListener("click", () => app.zoomTo(0));
 $("focus").addEventListener("click", () => app.filterBy("focus"));
 $("hide").addEventListener("click", () => app.filterBy("hide"));

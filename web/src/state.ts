@@ -11,6 +11,12 @@ export interface ViewState {
   focus: string;
   hide: string;
   callers: string;
+  /** Fold the runtime's frames at each stack's root into one, and hide plumbing in the top table. */
+  fold: boolean;
+  /** More crates that are not the service's own code, comma-separated ("hyper,tower"). */
+  libraries: string;
+  /** The top table's order. */
+  top: "self" | "total" | "change";
 }
 
 /** The filters that make the server build a different tree. */
@@ -29,6 +35,9 @@ export function readState(): ViewState {
     focus: p.get("focus") || "",
     hide: p.get("hide") || "",
     callers: p.get("callers") || "",
+    fold: p.get("fold") !== "0",
+    libraries: p.get("lib") || "",
+    top: (["self", "total", "change"].find((o) => o === p.get("top")) ?? "self") as ViewState["top"],
   };
 }
 
@@ -42,5 +51,8 @@ export function writeState(s: ViewState) {
   if (s.palette !== "standard") p.set("palette", s.palette);
   if (s.noise !== 0.001) p.set("noise", String(s.noise));
   for (const k of FILTERS) if (s[k]) p.set(k, s[k]);
+  if (!s.fold) p.set("fold", "0");
+  if (s.libraries) p.set("lib", s.libraries);
+  if (s.top !== "self") p.set("top", s.top);
   history.replaceState(null, "", "#" + p.toString());
 }

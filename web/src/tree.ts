@@ -66,8 +66,8 @@ export class Tree {
   }
 
   /** The node reached by following `names` (root first, without "root") from the root. */
-  find(names: string[]): number | undefined {
-    let at = 0;
+  find(names: string[], from = 0): number | undefined {
+    let at = from;
     for (const name of names) {
       const next = this.children[at].find((c) => this.name(c) === name);
       if (next === undefined) return undefined;

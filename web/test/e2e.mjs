@@ -78,6 +78,33 @@ try {
     assert.match(first, /timer_leak_demo::after$/, first);
   });
 
+  await check("without a click, the runtime's frames are folded and after is in the first rows", async () => {
+    const rows = await page.evaluate(() => {
+      const app = window.__heapsight.app;
+      const row = (pattern) => app.rects.find((r) => r.node > 0 && pattern.test(app.tree.name(r.node)))?.row;
+      return { folded: row(/^\[(tokio|thread|program)/), after: row(/^timer_leak_demo::after$/) };
+    });
+    assert.equal(rows.folded, 1, "the root's child is one folded runtime frame");
+    assert.ok(rows.after !== undefined && rows.after <= 4, `after is drawn on row ${rows.after}`);
+  });
+
+  await check("the top table opens by self, the leak's function first, plumbing hidden", async () => {
+    const first = await page.locator("#top tbody tr").first().locator("td").first().innerText();
+    assert.equal(first, "timer_leak_demo::after");
+    const names = await page.locator("#top tbody tr td:first-child").allInnerTexts();
+    assert.ok(!names.some((n) => /^(std|core|alloc|tokio)::|^\[/.test(n)), names.join("\n"));
+  });
+
+  await check("one control shows every runtime frame again, and the choice is in the URL", async () => {
+    await page.uncheck("#fold");
+    await page.waitForFunction(() => window.__heapsight.app.tree.findByName("[tokio blocking pool]") === undefined && window.__heapsight.app.tree.findByName("[tokio worker]") === undefined);
+    assert.match(await page.evaluate(() => location.hash), /fold=0/);
+    const names = await page.locator("#top tbody tr td:first-child").allInnerTexts();
+    assert.ok(names.some((n) => /^(std|core|alloc|tokio)::/.test(n)), "the plumbing's rows are back");
+    await page.check("#fold");
+    await page.waitForFunction(() => window.__heapsight.app.tree.json.strings.some((s) => s.startsWith("[")));
+  });
+
   await check("the after frame is painted as growth", async () => {
     assert.equal(await page.evaluate(() => window.__heapsight.app.tree.json.has_base), true, "growth mode opened by itself");
     // Zoom on `after`, then read the pixels of its row back from the canvas.

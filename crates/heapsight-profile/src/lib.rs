@@ -2,7 +2,8 @@
 //!
 //! The offline half of heapsight, apart from the allocator hook (the `heapsight` crate), which
 //! only records: the profile model ([`Profile`]), the symbolizer ([`symbolize`]), the plumbing
-//! rule that starts each stack at the code that allocated ([`is_plumbing`]), the encodings
+//! rule that starts each stack at the code that allocated ([`is_plumbing`]), the rule of which
+//! frames are the user's own code ([`UserCode`]), the encodings
 //! ([`pprof`] protobuf, Go's legacy text, folded stacks), call trees ([`CallTree`]) and the
 //! ranking of growing stacks ([`growth`]).
 //!
@@ -36,6 +37,7 @@ pub mod pprof;
 mod profile;
 pub mod symbolize;
 mod tree;
+mod user_code;
 
 pub use legacy::write_legacy_heap_text;
 pub use plumbing::{is_plumbing, PLUMBING_FRAMES};
@@ -45,6 +47,7 @@ pub use profile::{
     ValueType,
 };
 pub use tree::{CallTree, TreeFilter, TreeNode};
+pub use user_code::{UserCode, DEFAULT_LIBRARIES};
 
 use heapsight::{SamplerSource, SnapshotSource};
 use std::io::{self, Write};

@@ -29,6 +29,7 @@
 //! ```
 
 use crate::profile::Profile;
+use crate::user_code::UserCode;
 use std::collections::HashMap;
 
 /// One node of a [`CallTree`].
@@ -74,6 +75,10 @@ pub struct TreeFilter<'a> {
     /// outermost call and read upwards, so the first level is the function and the levels below
     /// are who called it.
     pub callers_of: Option<&'a str>,
+    /// Fold the run of plumbing at each stack's root (thread start, the tokio worker, see
+    /// [`UserCode::root_run`]) into one frame named for it in brackets, `[tokio worker]`, so
+    /// that the user's own frames start near the top. Not applied to a callers view.
+    pub fold_root: Option<&'a UserCode>,
 }
 
 impl CallTree {
@@ -194,6 +199,17 @@ impl CallTree {
     }
 }
 
+/// The frame a folded root run becomes: its label in brackets, as pprof writes frames that
+/// stand for something other than one function.
+fn folded(label: &str) -> &'static str {
+    match label {
+        "tokio blocking pool" => "[tokio blocking pool]",
+        "tokio worker" => "[tokio worker]",
+        "program start" => "[program start]",
+        _ => "[thread start]",
+    }
+}
+
 fn count_subtree(nodes: &[TreeNode], i: usize) -> usize {
     1 + nodes[i]
         .children
@@ -242,34 +258,45 @@ impl<'f> TreeBuilder<'f> {
                 continue;
             }
             // Root first: locations are leaf first, and so are the lines within a location.
-            let mut frames: Vec<(&crate::profile::Function, i64)> = s
+            // Each frame: function name, file, line.
+            let mut frames: Vec<(&str, &str, i64)> = s
                 .location_ids
                 .iter()
                 .rev()
                 .filter_map(|id| locs.get(id))
                 .flat_map(|l| l.lines.iter().rev())
-                .filter_map(|line| funcs.get(&line.function_id).map(|f| (*f, line.line)))
+                .filter_map(|line| {
+                    funcs
+                        .get(&line.function_id)
+                        .map(|f| (f.name.as_str(), f.filename.as_str(), line.line))
+                })
                 .collect();
             if let Some(focus) = self.filter.focus {
-                if !frames.iter().any(|(f, _)| focus(&f.name)) {
+                if !frames.iter().any(|(f, _, _)| focus(f)) {
                     continue;
                 }
             }
             if let Some(hide) = self.filter.hide {
-                frames.retain(|(f, _)| !hide(&f.name));
+                frames.retain(|(f, _, _)| !hide(f));
             }
             if let Some(callee) = self.filter.callers_of {
-                let Some(outermost) = frames.iter().position(|(f, _)| f.name == callee) else {
+                let Some(outermost) = frames.iter().position(|(f, _, _)| *f == callee) else {
                     continue;
                 };
                 frames.truncate(outermost + 1);
                 frames.reverse();
+            } else if let Some(code) = self.filter.fold_root {
+                let names: Vec<&str> = frames.iter().map(|(f, _, _)| *f).collect();
+                let (run, label) = code.root_run(&names);
+                if run > 1 {
+                    frames.splice(..run, [(folded(label), "", 0)]);
+                }
             }
             let mut at = 0u32;
             self.bump(at, v, is_base, false);
             let mut last = 0u32;
-            for (f, line) in frames {
-                at = self.child(at, &f.name, &f.filename, line);
+            for (name, file, line) in frames {
+                at = self.child(at, name, file, line);
                 self.bump(at, v, is_base, false);
                 last = at;
             }
@@ -498,5 +525,42 @@ mod tests {
         assert_eq!(t.nodes[0].total, 13);
         assert_eq!(find(&t, &["x", "a", "main"]).total, 10);
         assert_eq!(find(&t, &["x", "c", "main"]).total, 3);
+    }
+
+    #[test]
+    fn runtime_runs_at_the_root_fold_into_one_labelled_frame() {
+        let worker = [
+            "std::sys::thread::unix::Thread::new::thread_start",
+            "std::panicking::catch_unwind",
+            "tokio::runtime::scheduler::multi_thread::worker::run",
+            "tokio::runtime::task::harness::poll_future",
+        ];
+        let leak = [&worker[..], &["app::leak", "alloc::vec::Vec<T>::push"]].concat();
+        let serve = [&worker[..], &["app::serve"]].concat();
+        let p = profile(&[(&leak, 10), (&serve, 5), (&["main", "app::main"], 2)]);
+        let code = UserCode::default();
+        let fold = TreeFilter {
+            fold_root: Some(&code),
+            ..Default::default()
+        };
+        let t = CallTree::filtered(&p, "inuse_space", None, fold);
+        assert_eq!(
+            find(&t, &["[tokio worker]"]).total,
+            15,
+            "one frame for the run"
+        );
+        assert_eq!(find(&t, &["[tokio worker]", "app::leak"]).total, 10);
+        assert_eq!(
+            find(&t, &["main", "app::main"]).total,
+            2,
+            "a run of one stays as it is"
+        );
+        assert_eq!(t.nodes[0].total, 17);
+        let unfolded = CallTree::from_profile(&p, "inuse_space", None);
+        assert_eq!(
+            find(&unfolded, &worker).total,
+            15,
+            "without the option, every frame"
+        );
     }
 }

@@ -80,7 +80,17 @@ impl History {
 
     /// Takes a snapshot now and adds it, dropping the oldest beyond the bounds. If the source
     /// fails, nothing is added and the error is kept for [`History::last_error`].
+    ///
+    /// The history is the profiler's memory, not the service's: the snapshot and its place in
+    /// the history are allocated with the source's sampling paused.
     pub(crate) fn record(&self) -> Option<u64> {
+        let mut id = None;
+        self.source
+            .unprofiled(&mut || id = self.record_unprofiled());
+        id
+    }
+
+    fn record_unprofiled(&self) -> Option<u64> {
         let taken = self.source.snapshot();
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let snapshot = match taken {

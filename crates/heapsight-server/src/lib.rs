@@ -72,6 +72,7 @@ pub struct Options {
     max_waiting: usize,
     bearer_token: Option<String>,
     history_settings: Option<(Duration, usize, usize)>,
+    user_code: heapsight_profile::UserCode,
 }
 
 impl Default for Options {
@@ -81,6 +82,7 @@ impl Default for Options {
             max_seconds: DEFAULT_MAX_SECONDS,
             max_waiting: DEFAULT_MAX_WAITING,
             bearer_token: None,
+            user_code: heapsight_profile::UserCode::default(),
             history_settings: Some((
                 history::DEFAULT_INTERVAL,
                 history::DEFAULT_CAPACITY,
@@ -111,6 +113,15 @@ impl Options {
     /// ([`heapsight::SamplerSource`]); `heapsight-jemalloc` provides jemalloc's profiler.
     pub fn source(mut self, source: impl SnapshotSource + 'static) -> Options {
         self.source = Arc::new(source);
+        self
+    }
+
+    /// Crates whose frames are not the service's own code, on top of the standard library and
+    /// tokio ([`heapsight_profile::DEFAULT_LIBRARIES`]): the frameworks it is built on, such as
+    /// `["hyper", "tower", "axum"]`. The web UI names each stack by its first frame outside
+    /// them and folds them at the root of the flame graph; profiles keep every frame.
+    pub fn libraries<S: AsRef<str>>(mut self, crates: impl IntoIterator<Item = S>) -> Options {
+        self.user_code = self.user_code.with_libraries(crates);
         self
     }
 
@@ -150,6 +161,16 @@ impl Options {
     /// The endpoints, under `/debug/pprof/`, to merge into an application's router or wrap in
     /// any tower layer. Starts the snapshot history's thread, if history is on.
     pub fn router(self) -> Router {
+        // The endpoints' own state (settings, the history and its thread) is the profiler's
+        // memory, not the service's: build it with the source's sampling paused.
+        let source = self.source.clone();
+        let mut router = None;
+        let mut options = Some(self);
+        source.unprofiled(&mut || router = options.take().map(Options::build_router));
+        router.expect("a source's unprofiled() runs the work it is given")
+    }
+
+    fn build_router(self) -> Router {
         let source = self.source;
         let settings = Arc::new(Settings {
             source: source.clone(),
@@ -159,6 +180,7 @@ impl Options {
                 history::History::start(source, interval, capacity, bytes)
             }),
             bearer_token: self.bearer_token,
+            user_code: self.user_code,
         });
         Router::new()
             .route("/debug/pprof/", get(endpoints::index))

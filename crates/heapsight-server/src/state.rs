@@ -21,6 +21,8 @@ pub(crate) struct Settings {
     pub(crate) waits: Arc<Semaphore>,
     pub(crate) history: Option<Arc<History>>,
     pub(crate) bearer_token: Option<String>,
+    /// Which frames are the service's own code (the server's option; a request may add more).
+    pub(crate) user_code: heapsight_profile::UserCode,
 }
 
 impl Settings {

@@ -83,6 +83,46 @@ fn timeline_growing_list_and_trees_follow_a_growing_site() {
         "{growing}"
     );
     assert!(top["rate_per_second"].as_f64().unwrap() > 1e6, "{top}");
+    assert!(
+        !frames.last().unwrap().ends_with("grows_steadily"),
+        "the leaf is the standard library's vec! internals: {frames:?}"
+    );
+    assert_eq!(
+        top["site"], "ui_api::grows_steadily",
+        "named by the first frame of the test's own code"
+    );
+    // Named a library, the test's own crate is plumbing too: the site moves down the stack,
+    // to the test harness that called it (crate `test`).
+    let as_library = get_json(addr, "/debug/pprof/ui/api/growing?libraries=ui_api");
+    let site = as_library["stacks"][0]["site"].as_str().unwrap();
+    assert!(site.starts_with("test::"), "{site}");
+    let bad = request_to(
+        addr,
+        "GET /debug/pprof/ui/api/growing?libraries=not%20a%20crate HTTP/1.1",
+        b"",
+    );
+    assert_eq!(bad.status, 400, "{}", bad.text());
+
+    // Folded: the runtime's run at the root is one frame, and the test's frames come right
+    // after it.
+    let folded = get_json(addr, "/debug/pprof/ui/api/tree?fold=1");
+    let n = names(&folded);
+    let parent = folded["parent"].as_array().unwrap();
+    let first_level: Vec<&String> = (1..n.len())
+        .filter(|&i| parent[i] == 0)
+        .map(|i| &n[i])
+        .collect();
+    assert!(
+        first_level.iter().any(|f| *f == "[thread start]"),
+        "{first_level:?}"
+    );
+    let user = folded["user"].as_array().unwrap();
+    let strings = folded["strings"].as_array().unwrap();
+    let is_user = |name: &str| {
+        let i = strings.iter().position(|s| s == name).unwrap();
+        user[i].as_bool().unwrap()
+    };
+    assert!(is_user("ui_api::grows_steadily") && !is_user("[thread start]"));
 
     let now = get_json(addr, "/debug/pprof/ui/api/tree?type=inuse_space");
     let n = names(&now);

@@ -25,6 +25,9 @@ struct GrowingStack {
     stack: u32,
     /// Function names, root first, with the allocator plumbing trimmed as in profiles.
     frames: Vec<String>,
+    /// The allocating site in the service's terms: the stack's first frame of the service's
+    /// own code, counting from the leaf (the leaf itself when no frame is).
+    site: String,
     rate_per_second: f64,
     first: i64,
     last: i64,
@@ -40,19 +43,26 @@ pub(crate) async fn growing(
     points.push(Arc::new(take_snapshot(&s).await?));
     let first = points.len().saturating_sub(q.window + 1);
     let points = points.split_off(first);
+    let code = q.user_code(&s.user_code);
     blocking(&s, move || {
         let window: Vec<&Snapshot> = points.iter().map(|p| &**p).collect();
         let now = window.last().copied();
         let stacks = growth::growing(&window, q.sample_type, q.limit)
             .into_iter()
-            .map(|g| GrowingStack {
-                stack: g.stack.as_u32(),
-                frames: now
+            .map(|g| {
+                let frames = now
                     .map(|s| growth::stack_names(s, g.stack))
-                    .unwrap_or_default(),
-                rate_per_second: g.rate_per_second,
-                first: g.first,
-                last: g.last,
+                    .unwrap_or_default();
+                let leaf_first: Vec<&str> = frames.iter().rev().map(String::as_str).collect();
+                let site = code.site(&leaf_first).unwrap_or(0);
+                GrowingStack {
+                    stack: g.stack.as_u32(),
+                    site: leaf_first.get(site).unwrap_or(&"").to_string(),
+                    frames,
+                    rate_per_second: g.rate_per_second,
+                    first: g.first,
+                    last: g.last,
+                }
             })
             .collect();
         json(&Growing {

@@ -11,7 +11,7 @@ pub(crate) mod snapshots;
 pub(crate) mod tree;
 
 use crate::error::ProfileError;
-use heapsight_profile::{CallTree, Profile, TreeFilter};
+use heapsight_profile::{CallTree, Profile, TreeFilter, UserCode};
 use std::time::UNIX_EPOCH;
 
 pub const DEFAULT_MAX_NODES: usize = 16_000;
@@ -37,6 +37,10 @@ struct ApiQuery {
     max_nodes: usize,
     limit: usize,
     window: usize,
+    /// `fold=1`: the root-side run of plumbing becomes one frame.
+    fold: bool,
+    /// `libraries=hyper,tower`: more crates that are not the service's own code.
+    libraries: Vec<String>,
 }
 
 impl ApiQuery {
@@ -53,6 +57,8 @@ impl ApiQuery {
             max_nodes: DEFAULT_MAX_NODES,
             limit: 20,
             window: 6,
+            fold: false,
+            libraries: Vec::new(),
         };
         let number = |k: &str, v: &str| -> Result<u64, ProfileError> {
             v.parse::<u64>().map_err(|_| {
@@ -80,6 +86,28 @@ impl ApiQuery {
                 }
                 "limit" => q.limit = (number("limit", &v)? as usize).clamp(1, 1000),
                 "window" => q.window = (number("window", &v)? as usize).clamp(1, 10_000),
+                "fold" => q.fold = number("fold", &v)? != 0,
+                "libraries" => {
+                    // Crate names: letters, digits, `_` and `-`; at most 64 of them.
+                    let names: Vec<String> = v
+                        .split(',')
+                        .map(|n| n.trim().to_string())
+                        .filter(|n| !n.is_empty())
+                        .collect();
+                    if names.len() > 64
+                        || names.iter().any(|n| {
+                            n.len() > 64
+                                || !n
+                                    .chars()
+                                    .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+                        })
+                    {
+                        return Err(ProfileError::bad_request(format!(
+                            "invalid value for \"libraries\": {v:?} is not a comma-separated list of crate names"
+                        )));
+                    }
+                    q.libraries = names;
+                }
                 _ => {}
             }
         }
@@ -101,14 +129,26 @@ impl ApiQuery {
         }
     }
 
-    /// The tree the query asks for: filters, callers view, baseline, cap.
-    fn tree(&self, sample_type: &str, current: &Profile, base: Option<&Profile>) -> CallTree {
+    /// The server's rule of the user's code, with the crates this request adds.
+    fn user_code(&self, server: &UserCode) -> UserCode {
+        server.clone().with_libraries(&self.libraries)
+    }
+
+    /// The tree the query asks for: filters, callers view, folding, baseline, cap.
+    fn tree(
+        &self,
+        sample_type: &str,
+        current: &Profile,
+        base: Option<&Profile>,
+        code: &UserCode,
+    ) -> CallTree {
         let focus = self.focus.as_ref().map(|r| move |n: &str| r.is_match(n));
         let hide = self.hide.as_ref().map(|r| move |n: &str| r.is_match(n));
         let filter = TreeFilter {
             focus: focus.as_ref().map(|f| f as &dyn Fn(&str) -> bool),
             hide: hide.as_ref().map(|f| f as &dyn Fn(&str) -> bool),
             callers_of: self.callers.as_deref(),
+            fold_root: self.fold.then_some(code),
         };
         CallTree::filtered(current, sample_type, base, filter).capped(self.max_nodes)
     }

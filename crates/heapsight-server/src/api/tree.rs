@@ -7,7 +7,7 @@ use crate::respond::json;
 use crate::state::{blocking, snapshot_at, Settings};
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
-use heapsight_profile::{CallTree, HeapView, Profile};
+use heapsight_profile::{CallTree, HeapView, Profile, UserCode};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +21,8 @@ struct TreeColumns<'t> {
     has_base: bool,
     merged_nodes: usize,
     strings: Vec<&'t str>,
+    /// Per string: whether it names a frame of the service's own code.
+    user: Vec<bool>,
     name: Vec<usize>,
     file: Vec<usize>,
     line: Vec<i64>,
@@ -38,6 +40,7 @@ struct TreeColumns<'t> {
 impl<'t> TreeColumns<'t> {
     fn new(
         tree: &'t CallTree,
+        code: &UserCode,
         sample_type: &str,
         unit: &str,
         time_ms: u64,
@@ -60,6 +63,11 @@ impl<'t> TreeColumns<'t> {
         }
         let column =
             |f: fn(&heapsight_profile::TreeNode) -> i64| tree.nodes.iter().map(f).collect();
+        // Folded runs and `other` buckets are nobody's code.
+        let user = strings
+            .iter()
+            .map(|s| !s.starts_with('[') && !["other", "root", ""].contains(s) && code.is_users(s))
+            .collect();
         TreeColumns {
             r#type: sample_type.to_string(),
             unit: unit.to_string(),
@@ -67,6 +75,7 @@ impl<'t> TreeColumns<'t> {
             has_base,
             merged_nodes: tree.merged_nodes,
             strings,
+            user,
             name,
             file,
             line: column(|n| n.line),
@@ -91,13 +100,15 @@ pub(crate) async fn tree(
         Some(id) => Some(snapshot_at(&s, Some(id)).await?),
         None => None,
     };
+    let code = q.user_code(&s.user_code);
     blocking(&s, move || {
         let p = Profile::heap(&current, HeapView::InUse);
         let b = base.map(|b| Profile::heap(&b, HeapView::InUse));
-        let tree = q.tree(q.sample_type, &p, b.as_ref());
+        let tree = q.tree(q.sample_type, &p, b.as_ref(), &code);
         let unit = unit_of(q.sample_type);
         json(&TreeColumns::new(
             &tree,
+            &code,
             q.sample_type,
             unit,
             millis(current.time),
@@ -123,6 +134,7 @@ pub(crate) async fn tree_of_upload(
             body.len()
         )));
     }
+    let code = q.user_code(&s.user_code);
     blocking(&s, move || -> Result<Response, ProfileError> {
         let read = |bytes: &[u8], what: &str| {
             Profile::from_pprof_bytes(bytes).map_err(|e| {
@@ -149,14 +161,15 @@ pub(crate) async fn tree_of_upload(
                 .or_else(|| current.sample_types.last().map(|t| t.r#type.clone()))
                 .ok_or_else(|| ProfileError::bad_request("the profile has no sample types"))?,
         };
-        let tree = q.tree(&sample_type, &current, base.as_ref());
+        let tree = q.tree(&sample_type, &current, base.as_ref(), &code);
         let unit = current
             .sample_types
             .iter()
             .find(|t| t.r#type == sample_type)
             .map_or("", |t| t.unit.as_str());
         let time_ms = (current.time_nanos / 1_000_000).max(0) as u64;
-        let mut columns = TreeColumns::new(&tree, &sample_type, unit, time_ms, base.is_some());
+        let mut columns =
+            TreeColumns::new(&tree, &code, &sample_type, unit, time_ms, base.is_some());
         columns.sample_types = Some(
             current
                 .sample_types
