@@ -27,8 +27,11 @@ export interface Growing {
   type: string;
   window_seconds: number;
   snapshots: number;
-  /** `site`: the stack's first frame of the service's own code, from the leaf. */
-  stacks: { stack: number; frames: string[]; site: string; rate_per_second: number; first: number; last: number }[];
+  /**
+   * `site`: the stack's first frame of the service's own code, from the leaf;
+   * `rate_per_second`: its sustained growth, `stderr_per_second` that rate's sampling error.
+   */
+  stacks: { stack: number; frames: string[]; site: string; rate_per_second: number; stderr_per_second: number; first: number; last: number }[];
 }
 
 /** `GET api/tree` and `POST api/tree`: a call tree, columnar. */

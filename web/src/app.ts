@@ -143,7 +143,9 @@ class App {
     const top = g?.stacks[0]?.rate_per_second ?? 0;
     for (const s of (g?.stacks ?? []).filter((s) => s.rate_per_second >= top / 100)) {
       const li = document.createElement("li");
-      li.textContent = `+${formatValue(s.rate_per_second, unitOf(this.state.type))}/s  ${s.site}`;
+      const unit = unitOf(this.state.type);
+      const noise = s.stderr_per_second > 0 ? ` ±${formatValue(s.stderr_per_second, unit)}` : "";
+      li.textContent = `+${formatValue(s.rate_per_second, unit)}/s${noise}  ${s.site}`;
       li.title = s.frames.join("\n");
       li.dataset.frames = JSON.stringify(s.frames);
       li.addEventListener("click", () => this.focusFrames(s.frames, s.site));

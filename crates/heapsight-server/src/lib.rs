@@ -76,7 +76,17 @@ pub struct Options {
 }
 
 impl Default for Options {
+    /// The default source is the sampler, and what it takes to say so is the profiler's own
+    /// memory: built with the sampler paused.
     fn default() -> Self {
+        let mut options = None;
+        heapsight::SamplerSource.unprofiled(&mut || options = Some(Options::with_sampler()));
+        options.expect("the sampler's unprofiled() runs the work it is given")
+    }
+}
+
+impl Options {
+    fn with_sampler() -> Self {
         Options {
             source: Arc::new(heapsight::SamplerSource),
             max_seconds: DEFAULT_MAX_SECONDS,
@@ -227,30 +237,46 @@ impl Options {
     /// program (async or not) can use them. Binds where it is told; use loopback unless the
     /// endpoints are protected.
     pub fn spawn(self, addr: impl ToSocketAddrs) -> std::io::Result<Server> {
+        // The server is the profiler, not the service: its runtime, its connections and its
+        // answers are allocated with the source's sampling paused. One thread runs it all
+        // (profiles are built on the blocking pool, which pauses sampling for itself).
+        let source = self.source.clone();
+        let mut server = None;
+        let mut args = Some((self, addr));
+        source.unprofiled(&mut || server = args.take().map(|(o, addr)| o.spawn_paused(addr)));
+        server.expect("a source's unprofiled() runs the work it is given")
+    }
+
+    fn spawn_paused(self, addr: impl ToSocketAddrs) -> std::io::Result<Server> {
         let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+        let source = self.source.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .max_blocking_threads(2)
             .thread_name("heapsight-server")
             .enable_all()
             .build()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = self.router();
+        let mut serve = Some(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                return;
+            };
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
         let thread = std::thread::Builder::new()
             .name("heapsight-server".into())
             .spawn(move || {
-                runtime.block_on(async move {
-                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                        return;
-                    };
-                    let _ = axum::serve(listener, app)
-                        .with_graceful_shutdown(async {
-                            let _ = stopped.await;
-                        })
-                        .await;
-                });
+                source.unprofiled(&mut || {
+                    if let Some(serve) = serve.take() {
+                        runtime.block_on(serve);
+                    }
+                })
             })?;
         Ok(Server {
             local_addr,

@@ -1,5 +1,6 @@
 //! `GET .../api/growing?type=&window=&limit=`: the stacks whose value rose over the last
-//! `window` snapshots and now, ranked by [`heapsight_profile::growth`].
+//! `window` snapshots and now, and kept growing through it, ranked by
+//! [`heapsight_profile::growth`].
 
 use super::ApiQuery;
 use crate::error::ProfileError;
@@ -28,7 +29,10 @@ struct GrowingStack {
     /// The allocating site in the service's terms: the stack's first frame of the service's
     /// own code, counting from the leaf (the leaf itself when no frame is).
     site: String,
+    /// The sustained growth rate (see `heapsight_profile::growth`), per second.
     rate_per_second: f64,
+    /// Its standard error from sampling.
+    stderr_per_second: f64,
     first: i64,
     last: i64,
 }
@@ -60,6 +64,7 @@ pub(crate) async fn growing(
                     site: leaf_first.get(site).unwrap_or(&"").to_string(),
                     frames,
                     rate_per_second: g.rate_per_second,
+                    stderr_per_second: g.stderr_per_second,
                     first: g.first,
                     last: g.last,
                 }

@@ -15,6 +15,8 @@ use heapsight_profile::{CallTree, Profile, TreeFilter, UserCode};
 use std::time::UNIX_EPOCH;
 
 pub const DEFAULT_MAX_NODES: usize = 16_000;
+/// Snapshots the growing list looks back over, by default: five minutes at the default interval.
+const DEFAULT_WINDOW: usize = 30;
 const MAX_MAX_NODES: usize = 200_000;
 const SAMPLE_TYPES: [&str; 4] = [
     "inuse_space",
@@ -56,7 +58,7 @@ impl ApiQuery {
             base: None,
             max_nodes: DEFAULT_MAX_NODES,
             limit: 20,
-            window: 6,
+            window: DEFAULT_WINDOW,
             fold: false,
             libraries: Vec::new(),
         };
