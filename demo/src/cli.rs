@@ -3,7 +3,7 @@
 //! heap profiles of it.
 //!
 //! ```text
-//! timer-leak [--scenario loop|broker] [--fixed] [--addr HOST:PORT] [--rate N] [--delay SECS]
+//! timer-leak [--scenario loop|broker|service] [--fixed] [--addr HOST:PORT] [--rate N] [--delay SECS]
 //! ```
 
 use crate::{busy_loop, Broker, Message};
@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 enum Scenario {
     Loop,
     Broker,
+    Service,
 }
 
 struct Args {
@@ -27,13 +28,17 @@ struct Args {
 }
 
 const USAGE: &str = "\
-[--scenario loop|broker] [--fixed] [--addr HOST:PORT] [--rate N] [--delay SECS]
+[--scenario loop|broker|service] [--fixed] [--addr HOST:PORT] [--rate N] [--delay SECS]
 
-  --scenario loop    a busy channel read in a loop with a 3-minute `after` timeout (default)
-  --scenario broker  a broker sending each message to 3000 subscribers, 5 ms `after` per send
+  --scenario loop     a busy channel read in a loop with a 3-minute `after` timeout (default)
+  --scenario broker   a broker sending each message to 3000 subscribers, 5 ms `after` per send
+  --scenario service  an axum service with per-request buffers, a cache that fills over its
+                      first 10-20 s, and a session registry that never forgets (the leak)
   --fixed            one timer re-armed with `reset` instead of a new `after` each time
+                     (service: sessions idle for 5 s are forgotten)
   --addr HOST:PORT   where to serve /debug/pprof (default 127.0.0.1:6060; port 0 picks one)
-  --rate N           messages per second (loop: default 20000) or broadcasts (broker: 150)
+  --rate N           messages per second (loop: default 20000), broadcasts (broker: 150) or
+                     requests (service: 1200)
   --delay SECS       wait this long before starting the load, to take a baseline profile";
 
 fn parse_args() -> Result<Args, String> {
@@ -53,7 +58,12 @@ fn parse_args() -> Result<Args, String> {
                 a.scenario = match value()?.as_str() {
                     "loop" => Scenario::Loop,
                     "broker" => Scenario::Broker,
-                    other => return Err(format!("unknown scenario {other:?}: loop or broker")),
+                    "service" => Scenario::Service,
+                    other => {
+                        return Err(format!(
+                            "unknown scenario {other:?}: loop, broker or service"
+                        ))
+                    }
                 }
             }
             "--addr" => a.addr = value()?,
@@ -95,14 +105,30 @@ pub fn run(program: &str, source: Arc<dyn SnapshotSource>) {
     let options = heapsight_server::Options::new()
         .source(source.clone())
         .history(Duration::from_secs(2), 1800, 64 << 20);
-    let server = match options.spawn(args.addr.as_str()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{program}: cannot serve profiles on {}: {e}", args.addr);
-            std::process::exit(1);
+    // The service mounts the endpoints beside its own routes, as services do; the other
+    // scenarios serve them from a thread of their own.
+    let (server, listener) = if args.scenario == Scenario::Service {
+        match std::net::TcpListener::bind(args.addr.as_str()) {
+            Ok(l) => (None, Some(l)),
+            Err(e) => {
+                eprintln!("{program}: cannot serve on {}: {e}", args.addr);
+                std::process::exit(1);
+            }
+        }
+    } else {
+        match options.clone().spawn(args.addr.as_str()) {
+            Ok(s) => (Some(s), None),
+            Err(e) => {
+                eprintln!("{program}: cannot serve profiles on {}: {e}", args.addr);
+                std::process::exit(1);
+            }
         }
     };
-    let addr = server.local_addr();
+    let addr = match (&server, &listener) {
+        (Some(s), _) => s.local_addr(),
+        (_, Some(l)) => l.local_addr().expect("a bound listener has an address"),
+        _ => unreachable!("one of the two is set"),
+    };
     let what = match (args.scenario, args.fixed) {
         (Scenario::Loop, false) => "loop, leaky: every message leaves a 3-minute timer behind",
         (Scenario::Loop, true) => "loop, fixed: one timer, re-armed for every message",
@@ -110,6 +136,10 @@ pub fn run(program: &str, source: Arc<dyn SnapshotSource>) {
         (Scenario::Broker, true) => {
             "broker, fixed: one timer per publisher, re-armed for every send"
         }
+        (Scenario::Service, false) => {
+            "service, leaky: every session is remembered for ever, among per-request buffers and a filling cache"
+        }
+        (Scenario::Service, true) => "service, fixed: sessions idle for 5 s are forgotten",
     };
     println!("{program}: {what}");
     println!("  heap profiles from the {}", source.name());
@@ -136,9 +166,57 @@ pub fn run(program: &str, source: Arc<dyn SnapshotSource>) {
         match args.scenario {
             Scenario::Loop => run_loop(args.fixed, args.rate.unwrap_or(20_000), args.delay).await,
             Scenario::Broker => run_broker(args.fixed, args.rate.unwrap_or(150), args.delay).await,
+            Scenario::Service => {
+                let listener = listener.expect("bound above for the service");
+                // The frameworks under the service's handlers are not its code: the UI names
+                // stacks, and folds their roots, past them.
+                let app = options
+                    .libraries([
+                        "axum",
+                        "hyper",
+                        "hyper_util",
+                        "tower",
+                        "tower_service",
+                        "http",
+                    ])
+                    .router();
+                run_service(
+                    listener,
+                    app,
+                    args.fixed,
+                    args.rate.unwrap_or(1200),
+                    args.delay,
+                )
+                .await
+            }
         }
     });
     drop(server);
+}
+
+/// Serves the service, with the profiling endpoints mounted beside its routes, and drives it.
+async fn run_service(
+    listener: std::net::TcpListener,
+    profiling: axum::Router,
+    fixed: bool,
+    per_second: u64,
+    delay: Duration,
+) {
+    let service = crate::service::Service::new(fixed);
+    let app = crate::service::routes(service).merge(profiling);
+    let addr = listener
+        .local_addr()
+        .expect("a bound listener has an address");
+    let _ = listener.set_nonblocking(true);
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        eprintln!("cannot serve on {addr}");
+        return;
+    };
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        crate::service::load(addr, per_second).await;
+    });
+    let _ = axum::serve(listener, app).await;
 }
 
 /// Prints the estimated heap in use every five seconds, so the growth is visible without tools.

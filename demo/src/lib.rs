@@ -1,8 +1,9 @@
 //! The leak from the project's story, in Rust: a Go-style `after` whose timer outlives the code
 //! that waited on it, used by a message broker and by a busy loop; and the fix, one timer re-armed
-//! with `reset`.
+//! with `reset`. And a leak in a service among the noise of a real one ([`service`]).
 
 pub mod cli;
+pub mod service;
 
 use std::sync::Arc;
 use std::time::Duration;

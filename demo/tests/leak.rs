@@ -132,3 +132,34 @@ fn jemallocs_profiler_shows_the_same_loop_leak() {
 fn jemallocs_profiler_shows_the_same_broker_leak() {
     check(JEMALLOC, "broker");
 }
+
+/// In-use bytes under stacks through a function whose name contains `function`.
+fn inuse_under(p: &Profile, function: &str) -> i64 {
+    let i = p.sample_type_index("inuse_space").unwrap();
+    p.samples
+        .iter()
+        .filter(|s| p.stack_names(s).iter().any(|n| n.contains(function)))
+        .map(|s| s.values[i])
+        .sum()
+}
+
+/// Growth under the session registry from 8 s to 16 s into the service's load: past the fixed
+/// registry's 5 s idle limit, so that what it holds has stopped growing.
+fn session_growth(args: &[&str]) -> i64 {
+    let (_demo, addr) = start(SAMPLER, args);
+    std::thread::sleep(Duration::from_secs(10));
+    let before = inuse_under(&heap_profile(addr), "Sessions::remember");
+    std::thread::sleep(Duration::from_secs(8));
+    inuse_under(&heap_profile(addr), "Sessions::remember") - before
+}
+
+#[test]
+fn the_service_leaks_sessions_and_the_fix_forgets_them() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let leaky = session_growth(&["--scenario", "service"]);
+    let fixed = session_growth(&["--scenario", "service", "--fixed"]);
+    eprintln!("service: sessions grew {leaky} B leaky, {fixed} B fixed, in 8 s");
+    // 60 new sessions a second of about 1 KiB each: some 400 KiB in 8 s.
+    assert!(leaky > 128 << 10, "the leaky registry grew only {leaky} B");
+    assert!(fixed < leaky / 4, "fixed grew {fixed} B, leaky {leaky} B");
+}

@@ -51,7 +51,9 @@ class App {
     // Growth mode opens by default once there are points in time to compare. The history's first
     // snapshot is taken when the endpoint is mounted, usually before the service has done any
     // work: against it every stack would be "new". The second one is the default baseline.
-    if (this.state.base === "auto") this.state.base = snaps.length ? String(snaps[Math.min(1, snaps.length - 1)].id) : "";
+    // Against a recent baseline (five snapshots back) what filled once, a cache after warm-up,
+    // is unchanged, and what keeps growing is red; never against the first snapshot, though.
+    if (this.state.base === "auto") this.state.base = snaps.length ? String(snaps[Math.max(Math.min(1, snaps.length - 1), snaps.length - 6)].id) : "";
     $<HTMLSelectElement>("type").value = this.state.type;
     $<HTMLSelectElement>("palette").value = this.state.palette;
     $<HTMLInputElement>("search").value = this.state.search;
@@ -139,22 +141,38 @@ class App {
     const g = await getJson<Growing>("api/growing?" + q.toString());
     const list = $("growing");
     list.replaceChildren();
-    // Stacks growing at under 1% of the fastest one are noise next to it.
-    const top = g?.stacks[0]?.rate_per_second ?? 0;
-    for (const s of (g?.stacks ?? []).filter((s) => s.rate_per_second >= top / 100)) {
+    // One line per site: the stacks that reach the same function of the service's add up
+    // (their errors in quadrature), named and focused by their fastest stack.
+    const sites = new Map<string, { rate: number; variance: number; stacks: Growing["stacks"] }>();
+    for (const s of g?.stacks ?? []) {
+      const e = sites.get(s.site) ?? { rate: 0, variance: 0, stacks: [] };
+      e.rate += s.rate_per_second;
+      e.variance += s.stderr_per_second ** 2;
+      e.stacks.push(s);
+      sites.set(s.site, e);
+    }
+    const ranked = [...sites].sort((a, b) => b[1].rate - a[1].rate);
+    // Sites growing at under 1% of the fastest one are noise next to it.
+    const top = ranked[0]?.[1].rate ?? 0;
+    const unit = unitOf(this.state.type);
+    for (const [site, e] of ranked.filter(([, e]) => e.rate >= top / 100)) {
       const li = document.createElement("li");
-      const unit = unitOf(this.state.type);
-      const noise = s.stderr_per_second > 0 ? ` ±${formatValue(s.stderr_per_second, unit)}` : "";
-      li.textContent = `+${formatValue(s.rate_per_second, unit)}/s${noise}  ${s.site}`;
-      li.title = s.frames.join("\n");
-      li.dataset.frames = JSON.stringify(s.frames);
-      li.addEventListener("click", () => this.focusFrames(s.frames, s.site));
+      const stderr = Math.sqrt(e.variance);
+      const noise = stderr > 0 ? ` ±${formatValue(stderr, unit)}` : "";
+      const count = e.stacks.length > 1 ? ` (${e.stacks.length} stacks)` : "";
+      li.textContent = `+${formatValue(e.rate, unit)}/s${noise}${count}  ${site}`;
+      const frames = e.stacks[0].frames;
+      li.title = frames.join("\n");
+      li.dataset.frames = JSON.stringify(frames);
+      li.addEventListener("click", () => this.focusFrames(frames, site));
       list.appendChild(li);
     }
     if (!list.children.length) list.innerHTML = "<li class=muted>Nothing is growing.</li>";
     // The window (or tab) says what grows fastest, for someone who has several open.
-    const fastest = (g?.stacks ?? [])[0];
-    document.title = fastest ? `heapsight: ${fastest.site} growing` : "heapsight";
+    const fastest = ranked[0]?.[0];
+    document.title = fastest ? `heapsight: ${fastest} growing` : "heapsight";
+    this.growingSite = fastest;
+    this.draw();
   }
 
   /** Zooms the graph on `site`, a frame of the stack `frames` (root first). */
@@ -267,8 +285,11 @@ class App {
     }
   }
 
+  /** The site growing fastest, once the growing list has loaded. */
+  growingSite?: string;
+
   look(): Look {
-    return { palette: PALETTES[this.state.palette] ?? PALETTES.standard, noise: this.state.noise, search: this.searchRe };
+    return { palette: PALETTES[this.state.palette] ?? PALETTES.standard, noise: this.state.noise, search: this.searchRe, growing: this.growingSite };
   }
 
   colorOf(i: number): string {

@@ -2,6 +2,7 @@
 // tree's baseline (or by name without one), dimmed where a search does not match.
 
 import { growthColor, nameColor, Palette } from "./color";
+import { shortLabel } from "./label";
 import { layout, Rect, Tree } from "./tree";
 
 /** Pixels per row. */
@@ -12,6 +13,16 @@ export interface Look {
   palette: Palette;
   noise: number;
   search?: RegExp;
+  /** The function growing fastest: named in a callout where its frame is too narrow to say. */
+  growing?: string;
+}
+
+/** A label drawn beside a frame too narrow to carry it. */
+export interface Callout {
+  node: number;
+  text: string;
+  x: number;
+  y: number;
 }
 
 export class FlameGraph {
@@ -20,6 +31,8 @@ export class FlameGraph {
   lastDrawMs = 0;
   /** The largest change among the frames in view: the colour scale of growth mode. */
   changeScale = 1;
+  /** The callout of the last draw, if it drew one. */
+  callout?: Callout;
 
   constructor(readonly canvas: HTMLCanvasElement) {}
 
@@ -67,9 +80,8 @@ export class FlameGraph {
       g.fillRect(r.x, r.row * ROW, Math.max(r.w - 0.5, 0.5), ROW - 1);
       if (r.node >= 0 && r.w > 36) {
         g.fillStyle = "#111";
-        const label = t.name(r.node);
-        const fit = Math.floor((r.w - 6) / 6.5);
-        g.fillText(label.length > fit ? label.slice(0, Math.max(0, fit - 1)) + "…" : label, r.x + 3, r.row * ROW + ROW / 2);
+        r.label = shortLabel(t.name(r.node), Math.floor((r.w - 6) / 6.5));
+        g.fillText(r.label, r.x + 3, r.row * ROW + ROW / 2);
       }
     }
     g.globalAlpha = 1;
@@ -79,7 +91,27 @@ export class FlameGraph {
       g.lineWidth = 2;
       g.strokeRect(sel.x + 1, sel.row * ROW + 1, Math.max(sel.w - 2, 1), ROW - 3);
     }
+    this.callout = look.growing ? this.drawCallout(g, t, look.growing, width) : undefined;
     this.lastDrawMs = performance.now() - started;
+  }
+
+  /**
+   * Names the widest frame of `name` in view when its own label cannot: a dark tag under it,
+   * pointing up at it, so that the fastest-growing function is named on the first screen.
+   */
+  drawCallout(g: CanvasRenderingContext2D, t: Tree, name: string, width: number): Callout | undefined {
+    let widest: Rect | undefined;
+    for (const r of this.rects) if (r.node > 0 && t.name(r.node) === name && (!widest || r.w > widest.w)) widest = r;
+    if (!widest || widest.label === name) return undefined;
+    const text = `▲ growing fastest: ${shortLabel(name, 80)}`;
+    const tw = g.measureText(text).width + 10;
+    const x = Math.max(0, Math.min(widest.x, width - tw));
+    const y = (widest.row + 1) * ROW + 2;
+    g.fillStyle = "#18181b";
+    g.fillRect(x, y, tw, ROW);
+    g.fillStyle = "#fafafa";
+    g.fillText(text, x + 5, y + ROW / 2);
+    return { node: widest.node, text, x, y };
   }
 
   /** The frame under the mouse, if any. */

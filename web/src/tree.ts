@@ -109,6 +109,8 @@ export interface Rect {
   row: number;
   x: number;
   w: number;
+  /** The label drawn in it, once drawn (none when it is too narrow for one). */
+  label?: string;
 }
 
 /**

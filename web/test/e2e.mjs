@@ -8,49 +8,18 @@
 // hold for jemalloc's profiler, and a demo started without `prof:true` shows why in the page.
 // Saves a screenshot to test/artifacts/.
 
-import { spawn } from "node:child_process";
-import { mkdirSync } from "node:fs";
-import { createInterface } from "node:readline";
 import assert from "node:assert/strict";
-import { chromium } from "playwright-core";
+import { artifacts, check, finish, launchBrowser, startDemo as start } from "./harness.mjs";
 
 const demoBin = process.argv[2] ?? new URL("../../target/release/timer-leak", import.meta.url).pathname;
-const artifacts = new URL("./artifacts/", import.meta.url).pathname;
-mkdirSync(artifacts, { recursive: true });
 
 // The demo on jemalloc serves jemalloc's own profiler through the same endpoints and UI.
 const demoName = demoBin.split("/").pop();
 const onJemalloc = demoName.includes("jemalloc");
-
-function startDemo(env = {}) {
-  const child = spawn(demoBin, ["--addr", "127.0.0.1:0"], { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, ...env } });
-  return new Promise((resolve, reject) => {
-    const lines = createInterface({ input: child.stdout });
-    lines.on("line", (line) => {
-      const m = line.match(/profiles: http:\/\/([\d.]+:\d+)\//);
-      if (m) resolve({ child, addr: m[1] });
-    });
-    child.on("exit", (code) => reject(new Error(`${demoName} exited with ${code}`)));
-  });
-}
-
-const results = [];
-async function check(name, f) {
-  try {
-    await f();
-    results.push([name, true]);
-    console.log(`ok - ${name}`);
-  } catch (e) {
-    results.push([name, false]);
-    console.log(`not ok - ${name}\n  ${e.stack ?? e}`);
-  }
-}
+const startDemo = (env = {}) => start(demoBin, [], env);
 
 const { child, addr } = await startDemo();
-const browser = await chromium.launch({
-  executablePath: "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launchBrowser();
 try {
   const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
   const requests = [];
@@ -265,6 +234,4 @@ try {
   await browser.close();
   child.kill();
 }
-const failed = results.filter(([, ok]) => !ok).length;
-console.log(`e2e: ${results.length - failed} passed, ${failed} failed`);
-process.exit(failed ? 1 : 0);
+finish();

@@ -106,3 +106,14 @@ test("children are ordered largest first whatever their order in the arrays", ()
   assert.equal(t.start[2], 0, "the big one is on the left");
   assert.equal(t.start[1], 90);
 });
+
+test("narrow frames keep the end of their names: generics, then leading path segments go", async () => {
+  const { shortLabel } = await import("./build/label.mjs");
+  const name = "timer_leak_demo::service::Sessions::remember::{{closure}}";
+  assert.equal(shortLabel(name, 100), name, "a name that fits is left alone");
+  assert.equal(shortLabel(name, 31), "Sessions::remember::{{closure}}");
+  assert.equal(shortLabel(name, 22), "remember::{{closure}}");
+  assert.equal(shortLabel(name, 10), "remember:…");
+  assert.equal(shortLabel("alloc::vec::Vec<T,A>::push", 14), "vec::Vec::push");
+  assert.equal(shortLabel("<myapp::Cfg as core::clone::Clone>::clone", 20).length, 20);
+});

@@ -146,7 +146,10 @@ impl UserCode {
             .count();
         let run = &root_first[..n];
         let has = |prefix: &str| run.iter().any(|f| f.contains(prefix));
-        let label = if has("tokio::runtime::blocking") {
+        // tokio starts its workers on its blocking pool: a worker's run has both.
+        let label = if has("tokio::runtime::scheduler") {
+            "tokio worker"
+        } else if has("tokio::runtime::blocking") {
             "tokio blocking pool"
         } else if has("tokio::") {
             "tokio worker"
@@ -305,6 +308,13 @@ mod tests {
             "myapp::load",
         ];
         assert_eq!(code.root_run(&blocking), (2, "tokio blocking pool"));
+        let worker_on_the_pool = [
+            "std::sys::thread::unix::Thread::new::thread_start",
+            "tokio::runtime::blocking::pool::Inner::run",
+            "tokio::runtime::scheduler::multi_thread::worker::run",
+            "myapp::serve::{{closure}}",
+        ];
+        assert_eq!(code.root_run(&worker_on_the_pool), (3, "tokio worker"));
         let plain = [
             "start_thread",
             "std::sys::backtrace::__rust_begin_short_backtrace",
