@@ -10,7 +10,7 @@ import { getJson, Growing, lastError, postTree, Snapshots, TreeJson } from "./ap
 import { changeText, formatValue, PALETTES } from "./color";
 import { FlameGraph, Look } from "./flame";
 import { FILTERS, readState, writeState } from "./state";
-import { drawTimeline } from "./timeline";
+import { Timeline } from "./timeline";
 import { topRows } from "./top";
 import { Tree } from "./tree";
 
@@ -355,14 +355,16 @@ class App {
     tip.style.top = ev.pageY + 12 + "px";
   }
 
+  timeline = new Timeline($<HTMLCanvasElement>("timeline"), (base, at) => {
+    if (base !== undefined) this.state.base = base;
+    if (at !== undefined) this.state.at = at;
+    writeState(this.state);
+    this.drawTimeline();
+    this.loadTree();
+  });
+
   drawTimeline() {
-    drawTimeline($<HTMLCanvasElement>("timeline"), this.snapshots?.snapshots ?? [], this.state, (id, asCurrent) => {
-      if (asCurrent) this.state.at = id;
-      else this.state.base = id;
-      writeState(this.state);
-      this.drawTimeline();
-      this.loadTree();
-    });
+    this.timeline.draw(this.snapshots?.snapshots ?? [], this.state);
   }
 }
 

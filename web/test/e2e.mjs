@@ -190,6 +190,26 @@ try {
     await page.click("#clear");
   });
 
+  await check("the timeline has a bytes scale and times, reads values on hover, and a drag picks a window", async () => {
+    const labels = await page.evaluate(() => window.__heapsight.app.timeline.labels);
+    assert.ok(labels.some((l) => /^[\d.]+ (B|KiB|MiB|GiB)$/.test(l) && l !== "0 B"), labels.join(" | "));
+    assert.ok(labels.some((l) => /^\d\d:\d\d:\d\d$/.test(l)), labels.join(" | "));
+    await page.evaluate(() => window.scrollTo(0, 0));
+    const box = await page.locator("#timeline").boundingBox();
+    const [y, x0, x1] = [box.y + box.height / 2, box.x + 64 + 2, box.x + box.width - 10];
+    await page.mouse.move(x1, y);
+    const hovered = await page.evaluate(() => window.__heapsight.app.timeline.labels);
+    assert.ok(hovered.some((l) => / in use$/.test(l)), hovered.join(" | "));
+    await page.mouse.move(x0, y);
+    await page.mouse.down();
+    await page.mouse.move(x1, y, { steps: 5 });
+    await page.mouse.up();
+    const first = await page.evaluate(() => String(window.__heapsight.app.snapshots.snapshots[0].id));
+    await page.waitForFunction((id) => window.__heapsight.app.state.base === id, first);
+    assert.equal(await page.evaluate(() => window.__heapsight.app.state.at), "now", "dragged to the end: up to now");
+    assert.match(await page.evaluate(() => location.hash), new RegExp(`base=${first}`));
+  });
+
   await check("pprof files from disk open, and two of them diff", async () => {
     const heap = Buffer.from(await (await page.request.get(`http://${addr}/debug/pprof/heap`)).body());
     await new Promise((r) => setTimeout(r, 1500));
