@@ -6,8 +6,9 @@
 //! steadily, one in ten churns around a level, and the rest stay flat. Its stacks are real code
 //! addresses of this binary, so the ranked stacks are symbolized as in a service.
 
+mod http;
+
 use heapsight::{Snapshot, SnapshotSource, SourceError, StackId, StackStore, StackTotals};
-use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -83,21 +84,7 @@ impl SnapshotSource for Synthetic {
 }
 
 fn get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    assert!(
-        text.starts_with("HTTP/1.1 200"),
-        "{}",
-        &text[..text.len().min(300)]
-    );
-    text
+    String::from_utf8_lossy(&http::get(addr, path)).into_owned()
 }
 
 fn history_bytes(addr: std::net::SocketAddr) -> (usize, usize) {

@@ -4,30 +4,13 @@
 
 #[path = "../../heapsight/benches/common/mod.rs"]
 mod common;
+mod http;
 
 use common::{churn, compare, median, run_length, stack_path, Sizes};
-use std::io::{Read, Write};
 use std::time::Instant;
 
 #[global_allocator]
 static GLOBAL: heapsight::Sampler<std::alloc::System> = heapsight::Sampler::new(std::alloc::System);
-
-fn get(addr: std::net::SocketAddr, path: &str) -> usize {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    assert!(
-        raw.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&raw[..raw.len().min(200)])
-    );
-    raw.len()
-}
 
 fn main() {
     let (steps, reps) = run_length(16);
@@ -64,11 +47,11 @@ fn main() {
     heapsight::set_sample_rate(heapsight::DEFAULT_SAMPLE_RATE);
     let server = heapsight_server::spawn("127.0.0.1:0").unwrap();
     let addr = server.local_addr();
-    let size = get(addr, "/debug/pprof/heap");
+    let size = http::get(addr, "/debug/pprof/heap").len();
     let times: Vec<f64> = (0..9)
         .map(|_| {
             let t = Instant::now();
-            get(addr, "/debug/pprof/heap");
+            http::get(addr, "/debug/pprof/heap").len();
             t.elapsed().as_secs_f64() * 1000.0
         })
         .collect();
