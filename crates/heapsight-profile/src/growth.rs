@@ -276,7 +276,11 @@ pub fn stack_names(snapshot: &Snapshot, id: StackId) -> Vec<String> {
             .filter(|(i, _)| *i == id)
             .cloned()
             .collect(),
-        ..snapshot.clone()
+        // Field by field: `..snapshot.clone()` would copy every stack's totals to drop them.
+        time: snapshot.time,
+        duration: snapshot.duration,
+        sample_rate: snapshot.sample_rate,
+        frames: snapshot.frames.clone(),
     };
     let p = Profile::heap(&one, HeapView::InUse);
     p.samples
