@@ -48,6 +48,18 @@ pub fn write_legacy_heap_text(snapshot: &Snapshot, w: &mut impl Write) -> io::Re
     symbolize::with_symbolizer(|s| write_with(snapshot, s, w))
 }
 
+/// A count and its bytes as readers accept them: both positive, or both 0. A snapshot reads a
+/// stack's counters one by one while other threads sample and free, so it can catch a count
+/// updated and its bytes not yet (`go tool pprof` rejects "inuse count was 0 but inuse bytes
+/// was 4096").
+fn consistent(count: i64, bytes: i64) -> (i64, i64) {
+    if count > 0 && bytes > 0 {
+        (count, bytes)
+    } else {
+        (0, 0)
+    }
+}
+
 fn write_with(
     snapshot: &Snapshot,
     symbolizer: &mut Symbolizer,
@@ -58,13 +70,10 @@ fn write_with(
         .stacks
         .iter()
         .map(|(id, t)| {
-            (
-                t.inuse_samples(),
-                t.inuse_sample_bytes(),
-                t.alloc_samples as i64,
-                t.alloc_sample_bytes as i64,
-                *id,
-            )
+            let (inuse_n, inuse_b) = consistent(t.inuse_samples(), t.inuse_sample_bytes());
+            let (alloc_n, alloc_b) =
+                consistent(t.alloc_samples as i64, t.alloc_sample_bytes as i64);
+            (inuse_n, inuse_b, alloc_n, alloc_b, *id)
         })
         .collect();
     records.sort_by_key(|r| std::cmp::Reverse(r.1));
@@ -106,4 +115,21 @@ fn write_with(
         writeln!(out)?;
     }
     out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::consistent;
+
+    #[test]
+    fn a_count_and_its_bytes_are_both_positive_or_both_zero() {
+        assert_eq!(consistent(3, 4096), (3, 4096));
+        assert_eq!(
+            consistent(0, 4096),
+            (0, 0),
+            "caught between two counter updates"
+        );
+        assert_eq!(consistent(1, 0), (0, 0));
+        assert_eq!(consistent(-1, 64), (0, 0));
+    }
 }
