@@ -105,6 +105,7 @@ fn advance_all(running: &mut Running, text: &[u8]) -> Result<Snapshot, SourceErr
         duration: None,
         sample_rate: usize::try_from(period).unwrap_or(usize::MAX),
         stacks,
+        blocks: Vec::new(),
         frames: running.store.clone(),
     })
 }

@@ -21,6 +21,15 @@
 //! 4. **Order.** By the sustained rate less one standard error: the growth the samples vouch
 //!    for. Near the noise, a slower rate measured on many samples outranks a faster one
 //!    measured on few.
+//! 5. **Ages.** Where the last snapshot knows when each sampled block in use was allocated
+//!    ([`ages`]), the last segment's rate is at most the value of the blocks allocated in that
+//!    segment and still held, over its duration: growth now is made of blocks allocated now.
+//!    A stack whose estimate rose while it holds no young blocks (a rise from how the samples
+//!    of its old blocks were weighed, or frees miscounted against another stack) does not rank.
+//!    The ages are reported with each ranked stack: a leak holds blocks of every age
+//!    ([`AgePattern::EveryAge`]); a vector or map that grows by reallocating holds mostly young
+//!    ones, since each move allocates anew, which is why ages cap the rate but never replace
+//!    the snapshots' segments.
 //!
 //! A worked example, seven snapshots 10 s apart (six intervals, three segments of 20 s), values
 //! in KiB, sampled at rate 1 (no noise):
@@ -46,8 +55,9 @@
 //! ```
 
 use crate::profile::{HeapView, Profile};
-use heapsight::{Snapshot, StackId, StackTotals};
+use heapsight::{Snapshot, StackId, StackTotals, OBJECT_UNIT};
 use std::collections::HashMap;
+use std::time::SystemTime;
 
 /// The value of one of the four heap sample types in a stack's totals; unknown types read as
 /// `alloc_objects`, the last of them.
@@ -189,6 +199,124 @@ pub struct Growth {
     pub first: i64,
     /// The value at its last.
     pub last: i64,
+    /// When the blocks it holds at the window's end were allocated, for the in-use types of a
+    /// source that records it.
+    pub ages: Option<Ages>,
+}
+
+/// When a stack's blocks in use at the end of a window were allocated, as values of the sample
+/// type: a leak holds blocks from every part of the window, churn only young ones, and a cache
+/// that filled before the window only old ones.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ages {
+    /// Held, and allocated before the window began.
+    pub before: i64,
+    /// Held, and allocated in each segment of the window, oldest first.
+    pub segments: Vec<i64>,
+    /// The age of the oldest block held, in seconds.
+    pub oldest_seconds: f64,
+    /// The age that half the held value is younger than, in seconds.
+    pub median_seconds: f64,
+}
+
+/// How the value a stack holds is spread over the window, from its [`Ages`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AgePattern {
+    /// Some from every segment: what is allocated stays. A leak looks like this.
+    EveryAge,
+    /// All from the last segment: what is allocated is soon freed (churn).
+    YoungOnly,
+    /// None from the window: it was filled before and holds on (a warmed-up cache).
+    OldOnly,
+    /// Anything else: a cache that turns over, a pool that drains now and then.
+    Mixed,
+}
+
+impl AgePattern {
+    /// A word for it, as the JSON API gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AgePattern::EveryAge => "every_age",
+            AgePattern::YoungOnly => "young_only",
+            AgePattern::OldOnly => "old_only",
+            AgePattern::Mixed => "mixed",
+        }
+    }
+}
+
+impl Ages {
+    /// The pattern, `None` when nothing is held.
+    pub fn pattern(&self) -> Option<AgePattern> {
+        let (last, earlier) = self.segments.split_last()?;
+        let in_window: i64 = self.segments.iter().sum();
+        if self.before + in_window <= 0 {
+            None
+        } else if self.segments.iter().all(|v| *v > 0) {
+            Some(AgePattern::EveryAge)
+        } else if in_window <= 0 {
+            Some(AgePattern::OldOnly)
+        } else if *last > 0 && self.before <= 0 && earlier.iter().all(|v| *v <= 0) {
+            Some(AgePattern::YoungOnly)
+        } else {
+            Some(AgePattern::Mixed)
+        }
+    }
+}
+
+/// The [`Ages`] of `stack`'s blocks in `now` (the window's last snapshot), over a window whose
+/// segments end at `times` (the window's [`marks`]' times). `None` for the `alloc_` types, for
+/// fewer than two marks, and for a snapshot without allocation times.
+pub fn ages(
+    now: &Snapshot,
+    stack: StackId,
+    times: &[SystemTime],
+    sample_type: &str,
+) -> Option<Ages> {
+    if !sample_type.starts_with("inuse") || times.len() < 2 || !now.has_ages() {
+        return None;
+    }
+    let from = now.blocks.partition_point(|b| b.stack < stack);
+    let to = now.blocks.partition_point(|b| b.stack <= stack);
+    let blocks = &now.blocks[from..to];
+    let worth = |b: &heapsight::LiveBlock| -> i64 {
+        if sample_type == "inuse_space" {
+            b.space() as i64
+        } else {
+            ((b.weight_fx + OBJECT_UNIT / 2) / OBJECT_UNIT) as i64
+        }
+    };
+    let mut ages = Ages {
+        before: 0,
+        segments: vec![0; times.len() - 1],
+        oldest_seconds: 0.0,
+        median_seconds: 0.0,
+    };
+    let age = |b: &heapsight::LiveBlock| {
+        now.time
+            .duration_since(b.allocated)
+            .unwrap_or_default()
+            .as_secs_f64()
+    };
+    for b in blocks {
+        // Segment j holds the blocks allocated after mark j and up to mark j + 1.
+        match times[1..].iter().position(|t| b.allocated <= *t) {
+            _ if b.allocated < times[0] => ages.before += worth(b),
+            Some(j) => ages.segments[j] += worth(b),
+            None => *ages.segments.last_mut()? += worth(b),
+        }
+    }
+    // Blocks are sorted oldest first within a stack.
+    ages.oldest_seconds = blocks.first().map_or(0.0, age);
+    let total: i64 = blocks.iter().map(worth).sum();
+    let mut younger = total;
+    for b in blocks {
+        younger -= worth(b);
+        if 2 * younger < total {
+            ages.median_seconds = age(b);
+            break;
+        }
+    }
+    Some(ages)
 }
 
 /// The seconds from the first snapshot of `points` to the last.
@@ -203,23 +331,37 @@ pub fn window_seconds(points: &[&Snapshot]) -> f64 {
     }
 }
 
+/// Which of a window's `points` snapshots the ranking reads: the first, then each segment's
+/// last. A history that keeps snapshots packed unpacks only these.
+pub fn marks(points: usize) -> Vec<usize> {
+    segment_bounds(points)
+        .map(|bounds| {
+            std::iter::once(0)
+                .chain(bounds.iter().map(|&(_, b)| b))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The stacks of `points` (oldest first) that keep growing, fastest first, at most `limit`.
 pub fn growing(points: &[&Snapshot], sample_type: &str, limit: usize) -> Vec<Growth> {
-    let Some(bounds) = segment_bounds(points.len()) else {
+    let marked: Vec<&Snapshot> = marks(points.len()).into_iter().map(|i| points[i]).collect();
+    growing_at_marks(&marked, sample_type, limit)
+}
+
+/// [`growing`], given only the snapshots at its [`marks`].
+pub fn growing_at_marks(marks: &[&Snapshot], sample_type: &str, limit: usize) -> Vec<Growth> {
+    if marks.len() < 2 {
         return Vec::new();
-    };
-    // Only the segments' ends are read: the first point, then each segment's last.
-    let marks: Vec<&Snapshot> = std::iter::once(0)
-        .chain(bounds.iter().map(|&(_, b)| b))
-        .map(|i| points[i])
-        .collect();
+    }
     let t0 = marks[0].time;
     let xs: Vec<f64> = marks
         .iter()
         .map(|p| p.time.duration_since(t0).unwrap_or_default().as_secs_f64())
         .collect();
-    let rate = points.last().map_or(1, |p| p.sample_rate);
+    let rate = marks.last().map_or(1, |p| p.sample_rate);
     let end = marks.len() - 1;
+    let times: Vec<SystemTime> = marks.iter().map(|p| p.time).collect();
     // Per stack: its totals at each mark (zero where it is absent).
     let mut series: HashMap<StackId, Vec<StackTotals>> = HashMap::new();
     for (i, p) in marks.iter().enumerate() {
@@ -238,7 +380,15 @@ pub fn growing(points: &[&Snapshot], sample_type: &str, limit: usize) -> Vec<Gro
                 .collect();
             let (first, last) = (ys[0], ys[end]);
             // Between marks, every segment is one step.
-            let (rate_per_second, slowest) = slowest_segment(&xs, &ys)?;
+            let (mut rate_per_second, mut slowest) = slowest_segment(&xs, &ys)?;
+            let ages = ages(marks[end], stack, &times, sample_type);
+            // Rule 5: growth in the last segment is held by blocks allocated in it.
+            if let Some(a) = &ages {
+                let held_rate = *a.segments.last()? as f64 / (xs[end] - xs[end - 1]);
+                if held_rate < rate_per_second {
+                    (rate_per_second, slowest) = (held_rate, end - 1);
+                }
+            }
             let change_error = |a: usize, b: usize| {
                 standard_error_of_change(&totals[a], &totals[b], sample_type, rate)
             };
@@ -251,6 +401,7 @@ pub fn growing(points: &[&Snapshot], sample_type: &str, limit: usize) -> Vec<Gro
                 stderr_per_second: stderr,
                 first: first as i64,
                 last: last as i64,
+                ages,
             })
         })
         .collect();
@@ -280,6 +431,7 @@ pub fn stack_names(snapshot: &Snapshot, id: StackId) -> Vec<String> {
         time: snapshot.time,
         duration: snapshot.duration,
         sample_rate: snapshot.sample_rate,
+        blocks: Vec::new(),
         frames: snapshot.frames.clone(),
     };
     let p = Profile::heap(&one, HeapView::InUse);
@@ -331,6 +483,7 @@ mod tests {
                 duration: None,
                 sample_rate: rate,
                 stacks: ids.iter().zip(series).map(|(id, s)| (*id, s[i])).collect(),
+                blocks: Vec::new(),
                 frames: frames.clone(),
             })
             .collect()
@@ -556,5 +709,74 @@ mod tests {
     fn one_snapshot_has_no_growth() {
         let snaps = exact(&[&[100]]);
         assert!(growing(&[&snaps[0]], "inuse_space", 10).is_empty());
+    }
+
+    /// `n` blocks of 1 KiB on `stack`, allocated evenly from `from` to `to` seconds (rate 1).
+    fn blocks(stack: StackId, n: u64, from: u64, to: u64) -> Vec<heapsight::LiveBlock> {
+        (0..n)
+            .map(|i| heapsight::LiveBlock {
+                stack,
+                allocated: SystemTime::UNIX_EPOCH
+                    + Duration::from_secs(from + (to - from) * i / (n - 1).max(1)),
+                size: 1024,
+                weight_fx: OBJECT_UNIT,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ages_tell_a_leak_from_churn_and_a_filled_cache() {
+        // Window: marks at 100, 200, 300, 400 s. A leak of 30 blocks over 100-400 s, churn of 5
+        // blocks at 390-399 s, a cache of 50 blocks filled at 0-50 s.
+        let mut snaps = exact(&[&[0, 10, 20, 30], &[5, 5, 5, 5], &[50, 50, 50, 50]]);
+        for (i, s) in snaps.iter_mut().enumerate() {
+            s.time = SystemTime::UNIX_EPOCH + Duration::from_secs(100 * (i as u64 + 1));
+        }
+        let ids: Vec<StackId> = snaps[3].stacks.iter().map(|(id, _)| *id).collect();
+        let mut all = blocks(ids[0], 30, 101, 399);
+        all.extend(blocks(ids[1], 5, 390, 399));
+        all.extend(blocks(ids[2], 50, 0, 50));
+        all.sort_by_key(|b| (b.stack, b.allocated));
+        snaps[3].blocks = all;
+        let times: Vec<SystemTime> = snaps.iter().map(|s| s.time).collect();
+        let age = |k: usize| ages(&snaps[3], ids[k], &times, "inuse_space").unwrap();
+        let leak = age(0);
+        assert_eq!(leak.before, 0);
+        assert_eq!(leak.segments.iter().sum::<i64>(), 30 * 1024);
+        assert!(leak.segments.iter().all(|v| *v >= 9 * 1024), "{leak:?}");
+        assert_eq!(leak.pattern(), Some(AgePattern::EveryAge));
+        assert!((leak.oldest_seconds - 299.0).abs() < 1.0, "{leak:?}");
+        assert!((140.0..160.0).contains(&leak.median_seconds), "{leak:?}");
+        assert_eq!(age(1).pattern(), Some(AgePattern::YoungOnly));
+        assert_eq!(age(2).pattern(), Some(AgePattern::OldOnly));
+        assert_eq!(age(2).before, 50 * 1024);
+        assert!(ages(&snaps[3], ids[0], &times, "alloc_space").is_none());
+        assert!(
+            ages(&snaps[2], ids[0], &times, "inuse_space").is_none(),
+            "no blocks"
+        );
+    }
+
+    #[test]
+    fn growth_that_no_young_block_holds_does_not_rank() {
+        // Two stacks whose estimates rise alike; only the first holds blocks allocated in the
+        // last segment (300-400 s). The second's rise is not made of anything allocated then.
+        let mut snaps = exact(&[&[0, 10240, 20480, 30720], &[0, 10240, 20480, 30720]]);
+        for (i, s) in snaps.iter_mut().enumerate() {
+            s.time = SystemTime::UNIX_EPOCH + Duration::from_secs(100 * (i as u64 + 1));
+        }
+        let ids: Vec<StackId> = snaps[3].stacks.iter().map(|(id, _)| *id).collect();
+        let mut all = blocks(ids[0], 30, 101, 399);
+        all.extend(blocks(ids[1], 30, 101, 280));
+        all.sort_by_key(|b| (b.stack, b.allocated));
+        snaps[3].blocks = all;
+        let points: Vec<&Snapshot> = snaps.iter().collect();
+        let ranked = growing(&points, "inuse_space", 10);
+        let order: Vec<StackId> = ranked.iter().map(|g| g.stack).collect();
+        assert_eq!(order, vec![ids[0]], "{ranked:?}");
+        assert_eq!(
+            ranked[0].ages.as_ref().unwrap().pattern(),
+            Some(AgePattern::EveryAge)
+        );
     }
 }

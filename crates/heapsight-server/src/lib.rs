@@ -28,6 +28,7 @@ mod cpu;
 mod endpoints;
 mod error;
 mod history;
+mod packed;
 mod query;
 mod respond;
 mod state;

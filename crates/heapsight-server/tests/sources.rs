@@ -45,6 +45,7 @@ impl SnapshotSource for FixedSource {
             duration: None,
             sample_rate: 1,
             stacks: vec![(id, totals)],
+            blocks: Vec::new(),
             frames: stacks.clone(),
         })
     }

@@ -91,6 +91,45 @@ fn timeline_growing_list_and_trees_follow_a_growing_site() {
         top["site"], "ui_api::grows_steadily",
         "named by the first frame of the test's own code"
     );
+    // What it holds was allocated all through the window, as a leak's is.
+    let ages = &top["ages"];
+    assert_eq!(ages["pattern"], "every_age", "{top}");
+    let segments: Vec<i64> = ages["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert!(
+        segments.len() == 3 && segments.iter().all(|v| *v > 0),
+        "{ages}"
+    );
+    assert!(ages["oldest_seconds"].as_f64().unwrap() > ages["median_seconds"].as_f64().unwrap());
+
+    // Retained since the middle of the timeline: about the half of the growth allocated since.
+    let middle = snaps[snaps.len() / 2]["time_ms"].as_u64().unwrap();
+    let all = get_json(addr, "/debug/pprof/ui/api/tree");
+    let since = get_json(addr, &format!("/debug/pprof/ui/api/tree?since={middle}"));
+    let (all_total, since_total) = (
+        all["total"][0].as_i64().unwrap(),
+        since["total"][0].as_i64().unwrap(),
+    );
+    assert!(
+        since_total > (1 << 20) && since_total < all_total - (1 << 20),
+        "retained since the middle {since_total} of {all_total}"
+    );
+    assert!(names(&since).iter().any(|n| n == "ui_api::grows_steadily"));
+    let until = get_json(addr, &format!("/debug/pprof/ui/api/tree?until={middle}"));
+    let until_total = until["total"][0].as_i64().unwrap();
+    assert!(until_total > (1 << 20), "{until_total}");
+    for bad in [
+        format!("/debug/pprof/ui/api/tree?since={middle}&at=1"),
+        format!("/debug/pprof/ui/api/tree?since={middle}&base=1"),
+        "/debug/pprof/ui/api/tree?since=yesterday".to_string(),
+    ] {
+        let r = request_to(addr, &format!("GET {bad} HTTP/1.1"), b"");
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+    }
     // Named a library, the test's own crate is plumbing too: the site moves down the stack,
     // to the test harness that called it (crate `test`).
     let as_library = get_json(addr, "/debug/pprof/ui/api/growing?libraries=ui_api");

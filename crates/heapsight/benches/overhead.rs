@@ -21,6 +21,7 @@ use common::{
 };
 use heapsight::Sampler;
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
 use tikv_jemallocator::Jemalloc;
 
 static SAMPLED_SYSTEM: Sampler<System> = Sampler::new(System);
@@ -102,6 +103,22 @@ fn main() {
         );
     }
 
+    // What stamping a sampled block with its allocation time adds to it: the hook reads the
+    // coarse monotonic clock once per sampled allocation (and stores the stamp). Timed as a loop
+    // of those reads against the same loop without them.
+    let stamps = compare(
+        reps.max(9),
+        || clock_loop(CLOCK_READS, false),
+        || clock_loop(CLOCK_READS, true),
+    );
+    println!(
+        "{:<44} {:>9.1}ns {:>9.1}ns {:>8.1}",
+        "allocation-time stamp (coarse clock read)",
+        stamps.bare * 1e9 / CLOCK_READS as f64,
+        stamps.hooked * 1e9 / CLOCK_READS as f64,
+        stamps.paired
+    );
+
     // Sampled allocations from one call site on one thread, then on two at once: what the
     // threads' sharing of the tables costs each sample.
     heapsight::set_sample_rate(1);
@@ -115,6 +132,30 @@ fn main() {
         together,
         together / alone
     );
+}
+
+const CLOCK_READS: usize = 2_000_000;
+
+/// Wall time of `n` loop steps, each reading `CLOCK_MONOTONIC_COARSE` as the hook does for a
+/// sampled allocation when `read` is set.
+fn clock_loop(n: usize, read: bool) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    let mut sum = 0u64;
+    for i in 0..n {
+        if black_box(read) {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime writes the timespec we own and nothing else.
+            unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+            sum = sum.wrapping_add(ts.tv_nsec as u64);
+        } else {
+            sum = sum.wrapping_add(i as u64);
+        }
+    }
+    black_box(sum);
+    start.elapsed()
 }
 
 /// Nanoseconds of CPU per sampled allocation and free when `threads` threads each replace blocks

@@ -32,6 +32,7 @@
 //! Must never: allocate through the global allocator or block inside the hook. Nothing here
 //! knows of symbols, profile formats or HTTP.
 
+mod clock;
 mod live;
 mod os;
 mod poisson;
@@ -47,7 +48,7 @@ mod unwind;
 pub use poisson::sample_weight;
 pub use sampler::{sample_rate, set_sample_rate, Sampler};
 pub use snapshot::{
-    snapshot, SamplerStacks, Snapshot, StackFrames, StackId, StackTotals, OBJECT_UNIT,
+    snapshot, LiveBlock, SamplerStacks, Snapshot, StackFrames, StackId, StackTotals, OBJECT_UNIT,
 };
 pub use source::{SamplerSource, SnapshotSource, SourceError, SourceErrorKind};
 pub use stack_store::StackStore;

@@ -20,15 +20,21 @@ const CAPACITY: usize = BUCKETS * BUCKET;
 const FREE: usize = 0;
 
 /// What a large sampled allocation recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct LargeSample {
     pub(crate) stack: u32,
+    /// The allocation's [`crate::clock::stamp`].
+    pub(crate) allocated: u32,
     pub(crate) weight_fx: u64,
+    pub(crate) size: u64,
 }
 
 #[repr(C)]
 struct Meta {
     stack: AtomicU32,
+    allocated: AtomicU32,
     weight_fx: AtomicU64,
+    size: AtomicU64,
 }
 
 static KEYS: AtomicUsize = AtomicUsize::new(0);
@@ -80,7 +86,7 @@ fn buckets(addr: usize) -> [usize; 2] {
 
 /// Records a sampled large block. False when both its buckets are full or the table is missing
 /// (a counted drop).
-pub(crate) fn insert(addr: usize, stack: u32, weight_fx: u64) -> bool {
+pub(crate) fn insert(addr: usize, sample: LargeSample) -> bool {
     let Some(t) = table() else { return false };
     for first in buckets(addr) {
         for i in first..first + BUCKET {
@@ -89,8 +95,11 @@ pub(crate) fn insert(addr: usize, stack: u32, weight_fx: u64) -> bool {
                     .compare_exchange(FREE, addr, Ordering::Relaxed, Ordering::Relaxed)
                     .is_ok()
             {
-                t.meta[i].stack.store(stack, Ordering::Relaxed);
-                t.meta[i].weight_fx.store(weight_fx, Ordering::Relaxed);
+                let m = &t.meta[i];
+                m.stack.store(sample.stack, Ordering::Relaxed);
+                m.weight_fx.store(sample.weight_fx, Ordering::Relaxed);
+                m.size.store(sample.size, Ordering::Relaxed);
+                m.allocated.store(sample.allocated, Ordering::Relaxed);
                 return true;
             }
         }
@@ -117,10 +126,8 @@ pub(crate) fn remove(addr: usize) -> Option<LargeSample> {
     for first in buckets(addr) {
         for i in first..first + BUCKET {
             if t.keys[i].load(Ordering::Relaxed) == addr {
-                let sample = LargeSample {
-                    stack: t.meta[i].stack.load(Ordering::Relaxed),
-                    weight_fx: t.meta[i].weight_fx.load(Ordering::Relaxed),
-                };
+                let sample = read(&t.meta[i]);
+                t.meta[i].allocated.store(0, Ordering::Relaxed);
                 t.keys[i].store(FREE, Ordering::Relaxed);
                 return Some(sample);
             }
@@ -129,9 +136,36 @@ pub(crate) fn remove(addr: usize) -> Option<LargeSample> {
     None
 }
 
+fn read(m: &Meta) -> LargeSample {
+    LargeSample {
+        stack: m.stack.load(Ordering::Relaxed),
+        allocated: m.allocated.load(Ordering::Relaxed),
+        weight_fx: m.weight_fx.load(Ordering::Relaxed),
+        size: m.size.load(Ordering::Relaxed),
+    }
+}
+
+/// Calls `f` with every block in the table. It reads every key (512 KiB) and takes no lock: a
+/// block inserted or removed while it runs may be seen either way, and one whose slot is reused
+/// meanwhile may be seen with its successor's record.
+pub(crate) fn each(mut f: impl FnMut(LargeSample)) {
+    let Some(t) = table() else { return };
+    for (key, meta) in t.keys.iter().zip(t.meta) {
+        if key.load(Ordering::Relaxed) != FREE {
+            let sample = read(meta);
+            // A stamp of 0: inserted and not yet recorded, or being removed.
+            if sample.allocated != 0 {
+                f(sample);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const LARGE_SIZE: u64 = crate::region::LARGE as u64;
 
     #[test]
     fn churn_through_the_table_never_loses_or_invents_a_block() {
@@ -141,14 +175,20 @@ mod tests {
         let base = 0x7f00_0000_0000usize;
         for round in 0..(4 * CAPACITY / 64) {
             let addrs: Vec<usize> = (0..64).map(|i| base + ((round * 64 + i) << 17)).collect();
+            let sample = |i: usize| LargeSample {
+                stack: i as u32,
+                allocated: 3,
+                weight_fx: 7,
+                size: LARGE_SIZE,
+            };
             for (i, &a) in addrs.iter().enumerate() {
-                assert!(insert(a, i as u32, 7), "bucket full at round {round}");
+                assert!(insert(a, sample(i)), "bucket full at round {round}");
             }
             assert!(remove(base - (1 << 17)).is_none());
             assert!(addrs.iter().all(|&a| contains(a)));
             for (i, &a) in addrs.iter().enumerate() {
                 let s = remove(a).expect("inserted block found");
-                assert_eq!((s.stack, s.weight_fx), (i as u32, 7));
+                assert_eq!(s, sample(i));
                 assert!(remove(a).is_none(), "removed twice");
                 assert!(!contains(a));
             }

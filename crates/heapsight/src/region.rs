@@ -63,6 +63,10 @@ pub(crate) struct SlotMeta {
     pub(crate) stack_or_next: AtomicU32,
     pub(crate) size: AtomicU32,
     pub(crate) weight_fx: AtomicU64,
+    /// The allocation's [`crate::clock::stamp`] while in use; 0 while on the free list. Written
+    /// last on allocation (Release) and cleared first on free, so a [`live_slots`] scan that
+    /// sees a stamp sees the fields above as that allocation wrote them.
+    pub(crate) allocated: AtomicU32,
 }
 
 /// Free lists per class. A power of two; threads are spread over them by [`alloc`]'s and
@@ -241,6 +245,7 @@ pub(crate) fn free(ptr: *mut u8, shard: usize) {
     let (class, index) = locate(ptr);
     let head_of = &CLASSES[class].heads[shard % SHARDS].0;
     let meta = meta_ptr(class, index);
+    meta.allocated.store(0, Ordering::Relaxed);
     let mut head = head_of.load(Ordering::Relaxed);
     loop {
         meta.stack_or_next.store(head as u32, Ordering::Relaxed);
@@ -270,6 +275,30 @@ fn pop_free(class: usize, shard: usize) -> Option<u32> {
         match head_of.compare_exchange_weak(head, new, Ordering::Acquire, Ordering::Acquire) {
             Ok(_) => return Some(top - 1),
             Err(now) => head = now,
+        }
+    }
+}
+
+/// Calls `f(stack, size, weight_fx, stamp)` for every slot in use. The scan reads the metadata of
+/// every slot ever handed out, as many as the sampled blocks live at the busiest moment, and
+/// takes no lock: a slot allocated or freed while it runs may be seen either way.
+pub(crate) fn live_slots(mut f: impl FnMut(u32, u32, u64, u32)) {
+    if BASE.load(Ordering::Acquire) == NO_REGION {
+        return;
+    }
+    for (class, c) in CLASSES.iter().enumerate() {
+        for index in 0..c.bumped.load(Ordering::Relaxed) {
+            let m = meta_ptr(class, index);
+            // Acquire pairs with the Release of the allocation that wrote the stamp.
+            let at = m.allocated.load(Ordering::Acquire);
+            if at != 0 {
+                f(
+                    m.stack_or_next.load(Ordering::Relaxed),
+                    m.size.load(Ordering::Relaxed),
+                    m.weight_fx.load(Ordering::Relaxed),
+                    at,
+                );
+            }
         }
     }
 }

@@ -29,7 +29,7 @@ use crate::poisson::{self, Rng};
 use crate::stacks;
 use crate::tables::{self, count_drop, Loss, SAMPLE_RATE, TRUNCATED_STACKS};
 use crate::unwind::{self, StackBounds};
-use crate::{live, region};
+use crate::{clock, live, region};
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -351,6 +351,8 @@ impl<A: GlobalAlloc> Sampler<A> {
                 slot.meta.stack_or_next.store(stack, Ordering::Relaxed);
                 slot.meta.size.store(size as u32, Ordering::Relaxed);
                 slot.meta.weight_fx.store(weight_fx, Ordering::Relaxed);
+                // Release: a snapshot's scan that sees the stamp sees the fields above.
+                slot.meta.allocated.store(clock::stamp(), Ordering::Release);
                 record_alloc(stack, size, weight_fx);
                 slot.ptr.as_ptr()
             } else {
@@ -371,7 +373,13 @@ impl<A: GlobalAlloc> Sampler<A> {
                 }
                 // SAFETY: `offset` is 0 or TAG, inside the `outer.size() > TAG` bytes at `raw`.
                 let ptr = unsafe { raw.add(offset) };
-                if live::insert(ptr as usize, stack, weight_fx) {
+                let sample = live::LargeSample {
+                    stack,
+                    allocated: clock::stamp(),
+                    weight_fx,
+                    size: size as u64,
+                };
+                if live::insert(ptr as usize, sample) {
                     record_alloc(stack, size, weight_fx);
                     ptr
                 } else {
@@ -465,7 +473,7 @@ impl<A: GlobalAlloc> Sampler<A> {
             match old {
                 Some(s) if new.is_null() => {
                     // The old block is still there and still sampled.
-                    live::insert(ptr as usize, s.stack, s.weight_fx);
+                    live::insert(ptr as usize, s);
                 }
                 Some(s) => record_free(s.stack, layout.size(), s.weight_fx),
                 None => {}

@@ -8,8 +8,8 @@
 //! [`crate::StackStore`] for other profilers. Symbols are looked up later, by whoever turns the
 //! snapshot into a profile.
 
-use crate::poisson::WEIGHT_ONE;
-use crate::stacks;
+use crate::poisson::{self, WEIGHT_ONE};
+use crate::{clock, live, region, stacks};
 use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,6 +23,11 @@ impl StackId {
     /// The id as a number, for keys in maps and JSON.
     pub fn as_u32(self) -> u32 {
         self.0
+    }
+
+    /// The id [`StackId::as_u32`] gave, for whoever stores snapshots and reads them back.
+    pub fn from_u32(id: u32) -> StackId {
+        StackId(id)
     }
 }
 
@@ -120,6 +125,27 @@ fn fx_to_count(fx: u64) -> i64 {
     ((fx + WEIGHT_ONE / 2) / WEIGHT_ONE) as i64
 }
 
+/// A sampled block still in use when a snapshot was taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveBlock {
+    pub stack: StackId,
+    /// When it was allocated, to the hook's coarse clock: within about 20 ms (10 ms ticks of a
+    /// clock that itself advances every few milliseconds). Blocks older than 248 days come out
+    /// younger than they are.
+    pub allocated: SystemTime,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its weight: the objects it stands for, in [`OBJECT_UNIT`]s.
+    pub weight_fx: u64,
+}
+
+impl LiveBlock {
+    /// The bytes it stands for in the estimates.
+    pub fn space(&self) -> u64 {
+        poisson::weighted_bytes(self.size, self.weight_fx)
+    }
+}
+
 /// Every stack's totals at one moment (or, for a delta, over one interval).
 #[derive(Clone)]
 pub struct Snapshot {
@@ -131,6 +157,10 @@ pub struct Snapshot {
     pub sample_rate: usize,
     /// Stacks with any sample, sorted by id.
     pub stacks: Vec<(StackId, StackTotals)>,
+    /// The sampled blocks in use, with when each was allocated, sorted by stack and then by
+    /// time; empty from a source that does not know (and in the server's history, which keeps
+    /// totals only).
+    pub blocks: Vec<LiveBlock>,
     /// The store the ids of `stacks` belong to.
     pub frames: Arc<dyn StackFrames>,
 }
@@ -142,12 +172,14 @@ impl fmt::Debug for Snapshot {
             .field("duration", &self.duration)
             .field("sample_rate", &self.sample_rate)
             .field("stacks", &self.stacks)
+            .field("blocks", &self.blocks.len())
             .finish_non_exhaustive()
     }
 }
 
-/// Copies every stack's running totals from the sampler's tables. Cheap: no symbols, no frames,
-/// no locks.
+/// Copies every stack's running totals from the sampler's tables, and the sampled blocks in use
+/// with their allocation times. Cheap: no symbols, no frames, no locks; it reads the records of
+/// as many blocks as were ever sampled and live at once (a few thousand at the default rate).
 ///
 /// ```
 /// #[global_allocator]
@@ -187,18 +219,39 @@ pub fn snapshot() -> Snapshot {
             out.push((StackId(id), totals));
         }
     }
+    let epoch = clock::Epoch::now();
+    let mut blocks = Vec::new();
+    region::live_slots(|stack, size, weight_fx, at| {
+        blocks.push(LiveBlock {
+            stack: StackId(stack),
+            allocated: epoch.time_of(at),
+            size: size as u64,
+            weight_fx,
+        })
+    });
+    live::each(|s| {
+        blocks.push(LiveBlock {
+            stack: StackId(s.stack),
+            allocated: epoch.time_of(s.allocated),
+            size: s.size,
+            weight_fx: s.weight_fx,
+        })
+    });
+    blocks.sort_unstable_by_key(|b| (b.stack, b.allocated));
     Snapshot {
         time: SystemTime::now(),
         duration: None,
         sample_rate: crate::sample_rate(),
         stacks: out,
+        blocks,
         frames: Arc::new(SamplerStacks),
     }
 }
 
 impl Snapshot {
     /// What happened between `base` and `self`: allocations and frees in the interval, per stack.
-    /// In-use values of the result may be negative (more freed than allocated).
+    /// In-use values of the result may be negative (more freed than allocated). Its blocks are
+    /// those allocated in the interval and still in use at its end.
     pub fn delta(&self, base: &Snapshot) -> Snapshot {
         let mut out = Vec::with_capacity(self.stacks.len());
         let mut b = base.stacks.iter().peekable();
@@ -217,8 +270,75 @@ impl Snapshot {
             duration: Some(self.time.duration_since(base.time).unwrap_or_default()),
             sample_rate: self.sample_rate,
             stacks: out,
+            blocks: self.blocks_between(base.time, self.time).collect(),
             frames: self.frames.clone(),
         }
+    }
+
+    fn blocks_between(
+        &self,
+        since: SystemTime,
+        until: SystemTime,
+    ) -> impl Iterator<Item = LiveBlock> + '_ {
+        self.blocks
+            .iter()
+            .filter(move |b| b.allocated >= since && b.allocated <= until)
+            .copied()
+    }
+
+    /// The heap retained since `since`: the blocks allocated at or after it and still in use,
+    /// as a snapshot of their stacks' totals (allocated = in use, nothing freed). Empty when the
+    /// snapshot has no blocks. This is the leak view: a leak's blocks stay, churn's are gone.
+    ///
+    /// ```
+    /// #[global_allocator]
+    /// static GLOBAL: heapsight::Sampler<std::alloc::System> =
+    ///     heapsight::Sampler::new(std::alloc::System);
+    ///
+    /// use std::time::{Duration, SystemTime};
+    /// heapsight::set_sample_rate(1);
+    /// let old = vec![1u8; 1 << 20];
+    /// std::thread::sleep(Duration::from_millis(200));
+    /// // Allocation times are to within a tick or two of the coarse clock: leave a margin.
+    /// let since = SystemTime::now() - Duration::from_millis(50);
+    /// let new = vec![2u8; 1 << 20];
+    /// let retained = heapsight::snapshot().retained_since(since);
+    /// // The megabyte allocated after `since` is there; the one before is not.
+    /// assert!((1 << 20..2 << 20).contains(&retained.inuse_space()));
+    /// # drop((old, new));
+    /// ```
+    pub fn retained_since(&self, since: SystemTime) -> Snapshot {
+        self.retained_between(since, self.time)
+    }
+
+    /// The blocks allocated from `since` to `until` (both included) and still in use, as
+    /// [`Snapshot::retained_since`] gives them.
+    pub fn retained_between(&self, since: SystemTime, until: SystemTime) -> Snapshot {
+        let mut stacks: Vec<(StackId, StackTotals)> = Vec::new();
+        for b in self.blocks_between(since, until) {
+            if stacks.last().map(|(id, _)| *id) != Some(b.stack) {
+                stacks.push((b.stack, StackTotals::default()));
+            }
+            let (_, t) = stacks.last_mut().expect("pushed above");
+            t.alloc_objects_fx += b.weight_fx;
+            t.alloc_space += b.space();
+            t.alloc_samples += 1;
+            t.alloc_sample_bytes += b.size;
+        }
+        Snapshot {
+            time: self.time,
+            duration: Some(self.time.duration_since(since).unwrap_or_default()),
+            sample_rate: self.sample_rate,
+            stacks,
+            blocks: self.blocks_between(since, until).collect(),
+            frames: self.frames.clone(),
+        }
+    }
+
+    /// Whether its source records allocation times: false when it has samples in use but no
+    /// blocks (a source other than the sampler, or the server's history).
+    pub fn has_ages(&self) -> bool {
+        !self.blocks.is_empty() || self.stacks.iter().all(|(_, t)| t.inuse_samples() <= 0)
     }
 
     /// The estimated bytes in use over all stacks.
@@ -255,6 +375,7 @@ mod tests {
             duration: None,
             sample_rate: 1,
             stacks: stacks.into_iter().map(|(id, t)| (StackId(id), t)).collect(),
+            blocks: Vec::new(),
             frames: Arc::new(SamplerStacks),
         }
     }

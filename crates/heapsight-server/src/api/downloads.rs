@@ -4,7 +4,7 @@
 use super::ApiQuery;
 use crate::error::ProfileError;
 use crate::respond::{plain_text, svg};
-use crate::state::{blocking, snapshot_at, Settings};
+use crate::state::{blocking, Settings};
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -21,24 +21,24 @@ fn folded_text(snapshot: &Snapshot, sample_type: &str) -> Result<String, Profile
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
-/// `GET .../api/folded?type=&at=`.
+/// `GET .../api/folded?type=&at=&since=&until=`.
 pub(crate) async fn folded(
     State(s): State<Arc<Settings>>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ProfileError> {
     let q = ApiQuery::of_snapshots(q.as_deref())?;
-    let snap = snapshot_at(&s, q.at).await?;
+    let snap = q.heap(&s).await?;
     let text = blocking(&s, move || folded_text(&snap, q.sample_type)).await??;
     Ok(plain_text(text))
 }
 
-/// `GET .../api/flamegraph.svg?type=&at=`.
+/// `GET .../api/flamegraph.svg?type=&at=&since=&until=`.
 pub(crate) async fn flamegraph_svg(
     State(s): State<Arc<Settings>>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ProfileError> {
     let q = ApiQuery::of_snapshots(q.as_deref())?;
-    let snap = snapshot_at(&s, q.at).await?;
+    let snap = q.heap(&s).await?;
     let image = blocking(&s, move || -> Result<Vec<u8>, ProfileError> {
         let text = folded_text(&snap, q.sample_type)?;
         if text.is_empty() {

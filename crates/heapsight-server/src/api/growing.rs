@@ -7,6 +7,7 @@ use crate::error::ProfileError;
 use crate::respond::json;
 use crate::state::{blocking, take_snapshot, Settings};
 use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
 use axum::response::Response;
 use heapsight::Snapshot;
 use heapsight_profile::growth;
@@ -35,6 +36,22 @@ struct GrowingStack {
     stderr_per_second: f64,
     first: i64,
     last: i64,
+    /// When the blocks it holds now were allocated; `null` for the `alloc_` types and for a
+    /// source that does not record it.
+    ages: Option<GrowingAges>,
+}
+
+#[derive(Serialize)]
+struct GrowingAges {
+    /// Held now and allocated before the window, in units of the type.
+    before: i64,
+    /// Held now and allocated in each segment of the window, oldest first.
+    segments: Vec<i64>,
+    oldest_seconds: f64,
+    median_seconds: f64,
+    /// `every_age` (what it allocates stays: a leak), `young_only` (churn), `old_only`
+    /// (filled before the window), `mixed`; `null` when it holds nothing.
+    pattern: Option<&'static str>,
 }
 
 pub(crate) async fn growing(
@@ -42,16 +59,28 @@ pub(crate) async fn growing(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ProfileError> {
     let q = ApiQuery::of_snapshots(q.as_deref())?;
-    let mut points: Vec<Arc<Snapshot>> =
-        s.history()?.entries().into_iter().map(|(_, s)| s).collect();
-    points.push(Arc::new(take_snapshot(&s).await?));
-    let first = points.len().saturating_sub(q.window + 1);
-    let points = points.split_off(first);
+    let h = s.history()?;
+    let ids: Vec<u64> = h.summaries().iter().map(|p| p.id).collect();
+    let fresh = Arc::new(take_snapshot(&s).await?);
+    // The window: the last `window` snapshots of the history and the fresh one. Only the
+    // snapshots the ranking reads are unpacked.
+    let len = (ids.len() + 1).min(q.window + 1);
+    let ids = &ids[ids.len() + 1 - len..];
+    let marks = growth::marks(len);
+    let wanted: Vec<u64> = marks.iter().filter_map(|&i| ids.get(i).copied()).collect();
+    let mut points: Vec<Arc<Snapshot>> = h.get_many(&wanted).into_iter().flatten().collect();
+    if points.len() != wanted.len() {
+        return Err(ProfileError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the history moved on while the window was read; try again",
+        ));
+    }
+    points.push(fresh);
     let code = q.user_code(&s.user_code);
     blocking(&s, move || {
         let window: Vec<&Snapshot> = points.iter().map(|p| &**p).collect();
         let now = window.last().copied();
-        let stacks = growth::growing(&window, q.sample_type, q.limit)
+        let stacks = growth::growing_at_marks(&window, q.sample_type, q.limit)
             .into_iter()
             .map(|g| {
                 let frames = now
@@ -67,13 +96,20 @@ pub(crate) async fn growing(
                     stderr_per_second: g.stderr_per_second,
                     first: g.first,
                     last: g.last,
+                    ages: g.ages.map(|a| GrowingAges {
+                        pattern: a.pattern().map(|p| p.name()),
+                        before: a.before,
+                        segments: a.segments,
+                        oldest_seconds: a.oldest_seconds,
+                        median_seconds: a.median_seconds,
+                    }),
                 }
             })
             .collect();
         json(&Growing {
             r#type: q.sample_type,
             window_seconds: growth::window_seconds(&window),
-            snapshots: window.len(),
+            snapshots: len,
             stacks,
         })
     })

@@ -11,7 +11,10 @@ pub(crate) mod snapshots;
 pub(crate) mod tree;
 
 use crate::error::ProfileError;
+use crate::state::{snapshot_at, Settings};
+use heapsight::Snapshot;
 use heapsight_profile::{CallTree, Profile, TreeFilter, UserCode};
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 pub const DEFAULT_MAX_NODES: usize = 16_000;
@@ -43,6 +46,10 @@ struct ApiQuery {
     fold: bool,
     /// `libraries=hyper,tower`: more crates that are not the service's own code.
     libraries: Vec<String>,
+    /// `since=` / `until=` (milliseconds since the Unix epoch): only the blocks in use now that
+    /// were allocated in that span.
+    since: Option<std::time::SystemTime>,
+    until: Option<std::time::SystemTime>,
 }
 
 impl ApiQuery {
@@ -61,6 +68,8 @@ impl ApiQuery {
             window: DEFAULT_WINDOW,
             fold: false,
             libraries: Vec::new(),
+            since: None,
+            until: None,
         };
         let number = |k: &str, v: &str| -> Result<u64, ProfileError> {
             v.parse::<u64>().map_err(|_| {
@@ -89,6 +98,8 @@ impl ApiQuery {
                 "limit" => q.limit = (number("limit", &v)? as usize).clamp(1, 1000),
                 "window" => q.window = (number("window", &v)? as usize).clamp(1, 10_000),
                 "fold" => q.fold = number("fold", &v)? != 0,
+                "since" if !v.is_empty() => q.since = Some(epoch_millis(number("since", &v)?)),
+                "until" if !v.is_empty() => q.until = Some(epoch_millis(number("until", &v)?)),
                 "libraries" => {
                     // Crate names: letters, digits, `_` and `-`; at most 64 of them.
                     let names: Vec<String> = v
@@ -131,6 +142,30 @@ impl ApiQuery {
         }
     }
 
+    /// The heap the query names: snapshot `at` (a fresh one by default), or with `since` or
+    /// `until` the blocks of the current heap allocated in that span.
+    async fn heap(&self, s: &Settings) -> Result<Arc<Snapshot>, ProfileError> {
+        let retained = self.since.is_some() || self.until.is_some();
+        if retained && (self.at.is_some() || self.base.is_some()) {
+            return Err(ProfileError::bad_request(
+                "since and until select blocks of the current heap: they take no at or base",
+            ));
+        }
+        let current = snapshot_at(s, self.at).await?;
+        if !retained {
+            return Ok(current);
+        }
+        if !current.has_ages() {
+            return Err(ProfileError::bad_request(format!(
+                "the source {:?} does not record when blocks were allocated",
+                s.source.name()
+            )));
+        }
+        let since = self.since.unwrap_or(UNIX_EPOCH);
+        let until = self.until.unwrap_or(current.time);
+        Ok(Arc::new(current.retained_between(since, until)))
+    }
+
     /// The server's rule of the user's code, with the crates this request adds.
     fn user_code(&self, server: &UserCode) -> UserCode {
         server.clone().with_libraries(&self.libraries)
@@ -163,6 +198,13 @@ fn regex_param(name: &str, v: &str) -> Result<regex::Regex, ProfileError> {
         .map_err(|e| {
             ProfileError::bad_request(format!("invalid regular expression for {name:?}: {e}"))
         })
+}
+
+/// A time given as milliseconds since the Unix epoch (a far future saturates).
+fn epoch_millis(ms: u64) -> std::time::SystemTime {
+    UNIX_EPOCH
+        .checked_add(std::time::Duration::from_millis(ms))
+        .unwrap_or(UNIX_EPOCH + std::time::Duration::from_secs(u32::MAX as u64 * 64))
 }
 
 /// Milliseconds since the Unix epoch, as the JSON answers give times.

@@ -34,20 +34,15 @@ struct Point {
 pub(crate) async fn snapshots(State(s): State<Arc<Settings>>) -> Result<Response, ProfileError> {
     let h = s.history()?;
     let snapshots = h
-        .entries()
-        .iter()
-        .map(|(id, snap)| {
-            let sum = |f: fn(&heapsight::StackTotals) -> i64| {
-                snap.stacks.iter().map(|(_, t)| f(t)).sum::<i64>()
-            };
-            Point {
-                id: *id,
-                time_ms: super::millis(snap.time),
-                inuse_space: sum(|t| t.inuse_space()),
-                inuse_objects: sum(|t| t.inuse_objects()),
-                alloc_space: sum(|t| t.alloc_space()),
-                alloc_objects: sum(|t| t.alloc_objects()),
-            }
+        .summaries()
+        .into_iter()
+        .map(|s| Point {
+            id: s.id,
+            time_ms: super::millis(s.time),
+            inuse_space: s.inuse_space,
+            inuse_objects: s.inuse_objects,
+            alloc_space: s.alloc_space,
+            alloc_objects: s.alloc_objects,
         })
         .collect();
     Ok(json(&Timeline {

@@ -89,13 +89,13 @@ impl<'t> TreeColumns<'t> {
     }
 }
 
-/// `GET .../api/tree?type=&at=&base=&max_nodes=&focus=&hide=&callers=`.
+/// `GET .../api/tree?type=&at=&base=&max_nodes=&focus=&hide=&callers=&since=&until=`.
 pub(crate) async fn tree(
     State(s): State<Arc<Settings>>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ProfileError> {
     let q = ApiQuery::of_snapshots(q.as_deref())?;
-    let current = snapshot_at(&s, q.at).await?;
+    let current = q.heap(&s).await?;
     let base = match q.base {
         Some(id) => Some(snapshot_at(&s, Some(id)).await?),
         None => None,

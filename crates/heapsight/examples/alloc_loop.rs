@@ -1,0 +1,27 @@
+//! A loop of allocations and frees through `#[global_allocator]`, for counting what the hook
+//! adds per call with `valgrind --tool=callgrind` (docs/performance.md, "Counted in
+//! instructions"): run it with `N` and with `0` iterations and divide the difference by `N`.
+//!
+//! `cargo run --release -p heapsight --example alloc_loop -- RATE N [SIZE]`: sample rate in bytes
+//! (`1` samples every allocation, `0` none), iterations, block size (default 64).
+
+use std::hint::black_box;
+
+#[global_allocator]
+static GLOBAL: heapsight::Sampler<std::alloc::System> = heapsight::Sampler::new(std::alloc::System);
+
+fn main() {
+    let arg = |i: usize, default: usize| {
+        std::env::args()
+            .nth(i)
+            .map(|a| a.parse().expect("a whole number"))
+            .unwrap_or(default)
+    };
+    let (rate, n, size) = (arg(1, 0), arg(2, 1_000_000), arg(3, 64));
+    heapsight::set_sample_rate(rate);
+    for _ in 0..n {
+        let block: Vec<u8> = Vec::with_capacity(black_box(size));
+        drop(black_box(block));
+    }
+    println!("{n} allocations of {size} bytes at rate {rate}");
+}
