@@ -31,7 +31,17 @@ export interface Growing {
    * `site`: the stack's first frame of the service's own code, from the leaf;
    * `rate_per_second`: its sustained growth, `stderr_per_second` that rate's sampling error.
    */
-  stacks: { stack: number; frames: string[]; site: string; rate_per_second: number; stderr_per_second: number; first: number; last: number }[];
+  stacks: { stack: number; frames: string[]; site: string; rate_per_second: number; stderr_per_second: number; first: number; last: number; ages?: Ages | null }[];
+}
+
+/** When the blocks a growing stack holds now were allocated. */
+export interface Ages {
+  /** Held from before the window, and from each of its three parts, oldest first. */
+  before: number;
+  segments: number[];
+  oldest_seconds: number;
+  median_seconds: number;
+  pattern: "every_age" | "young_only" | "old_only" | "mixed" | null;
 }
 
 /** `GET api/tree` and `POST api/tree`: a call tree, columnar. */

@@ -6,6 +6,7 @@
 // flame graph (./flame) and the timeline (./timeline). The top table and the growing list,
 // which are plain DOM, live here.
 
+import { agesText, clock } from "./ages";
 import { getJson, Growing, lastError, postTree, Snapshots, TreeJson } from "./api";
 import { changeText, formatValue, PALETTES } from "./color";
 import { FlameGraph, Look } from "./flame";
@@ -58,6 +59,7 @@ class App {
     $<HTMLSelectElement>("palette").value = this.state.palette;
     $<HTMLInputElement>("search").value = this.state.search;
     $<HTMLInputElement>("fold").checked = this.state.fold;
+    $<HTMLInputElement>("retained").checked = this.state.retained;
     $<HTMLInputElement>("libraries").value = this.state.libraries;
     $<HTMLInputElement>("noise").value = String(+(this.state.noise * 100).toFixed(3));
     this.compileSearch();
@@ -92,8 +94,14 @@ class App {
       }
       this.fileTypes = json.sample_types ?? [];
     } else {
-      q.set("at", this.state.at);
-      if (this.state.base) q.set("base", this.state.base);
+      const window = this.retainedWindow();
+      if (window) {
+        q.set("since", String(window.since));
+        if (window.until !== undefined) q.set("until", String(window.until));
+      } else {
+        q.set("at", this.state.at);
+        if (this.state.base) q.set("base", this.state.base);
+      }
       json = await getJson<TreeJson>("api/tree?" + q.toString());
     }
     if (!json) {
@@ -104,6 +112,18 @@ class App {
   }
 
   fileTypes: string[] = [];
+
+  /**
+   * In the retained view, the allocation times it keeps, in ms since the epoch: from the
+   * baseline's time to the shown snapshot's (open-ended when that is "now").
+   */
+  retainedWindow(): { since: number; until?: number } | undefined {
+    if (!this.state.retained) return undefined;
+    const snaps = this.snapshots?.snapshots ?? [];
+    const time = (id: string) => snaps.find((p) => String(p.id) === id)?.time_ms;
+    const since = time(this.state.base) ?? snaps[0]?.time_ms ?? 0;
+    return { since, until: this.state.at === "now" ? undefined : time(this.state.at) };
+  }
 
   /** Opens one profile, or two (the older one as the baseline), from disk. */
   async openFiles(list: File[]) {
@@ -121,9 +141,12 @@ class App {
     this.selected = this.zoomNode;
     const root = tree.total(0);
     const unit = tree.json.unit;
-    const mode = tree.json.has_base
-      ? `growth since snapshot ${this.state.base}: ${changeText({ total: root, base: tree.json.base[0], inBase: true }, unit)}`
-      : `${formatValue(root, unit)} in total`;
+    const window = this.files ? undefined : this.retainedWindow();
+    const mode = window
+      ? `${formatValue(root, unit)} allocated since ${clock(window.since)}${window.until ? ` until ${clock(window.until)}` : ""} and still in use`
+      : tree.json.has_base
+        ? `growth since snapshot ${this.state.base}: ${changeText({ total: root, base: tree.json.base[0], inBase: true }, unit)}`
+        : `${formatValue(root, unit)} in total`;
     const source = this.files ? `${this.files.current.name}${this.files.base ? ` against ${this.files.base.name}` : ""}: ` : "";
     const filters = FILTERS.filter((k) => this.state[k]).map((k) => `${k} ${this.state[k]}`);
     $("status").textContent =
@@ -161,6 +184,13 @@ class App {
       const noise = stderr > 0 ? ` ±${formatValue(stderr, unit)}` : "";
       const count = e.stacks.length > 1 ? ` (${e.stacks.length} stacks)` : "";
       li.textContent = `+${formatValue(e.rate, unit)}/s${noise}${count}  ${site}`;
+      const ages = e.stacks[0].ages;
+      if (ages?.pattern) {
+        const line = document.createElement("span");
+        line.className = "ages";
+        line.textContent = agesText(ages, unit);
+        li.appendChild(line);
+      }
       const frames = e.stacks[0].frames;
       li.title = frames.join("\n");
       li.dataset.frames = JSON.stringify(frames);
@@ -396,6 +426,12 @@ $("noise").addEventListener("input", (e) => {
 });
 $<HTMLInputElement>("fold").addEventListener("change", (e) => {
   app.state.fold = (e.target as HTMLInputElement).checked;
+  app.state.zoom = [];
+  writeState(app.state);
+  app.loadTree();
+});
+$<HTMLInputElement>("retained").addEventListener("change", (e) => {
+  app.state.retained = (e.target as HTMLInputElement).checked;
   app.state.zoom = [];
   writeState(app.state);
   app.loadTree();

@@ -15,6 +15,8 @@ export interface ViewState {
   fold: boolean;
   /** More crates that are not the service's own code, comma-separated ("hyper,tower"). */
   libraries: string;
+  /** The retained view: only the blocks in use now allocated from the baseline to the shown snapshot. */
+  retained: boolean;
   /** The top table's order. */
   top: "self" | "total" | "change";
 }
@@ -37,6 +39,7 @@ export function readState(): ViewState {
     callers: p.get("callers") || "",
     fold: p.get("fold") !== "0",
     libraries: p.get("lib") || "",
+    retained: p.get("retained") === "1",
     top: (["self", "total", "change"].find((o) => o === p.get("top")) ?? "self") as ViewState["top"],
   };
 }
@@ -53,6 +56,7 @@ export function writeState(s: ViewState) {
   for (const k of FILTERS) if (s[k]) p.set(k, s[k]);
   if (!s.fold) p.set("fold", "0");
   if (s.libraries) p.set("lib", s.libraries);
+  if (s.retained) p.set("retained", "1");
   if (s.top !== "self") p.set("top", s.top);
   history.replaceState(null, "", "#" + p.toString());
 }

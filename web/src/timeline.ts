@@ -4,6 +4,7 @@
 // and a drag picks both at once: the window from its start to its end.
 
 import type { SnapshotPoint } from "./api";
+import { clock } from "./ages";
 import { formatValue } from "./color";
 
 const HEIGHT = 80;
@@ -128,7 +129,6 @@ export class Timeline {
     }
     // Time labels: the first snapshot, the last, and about one every 160 px between.
     g.textBaseline = "alphabetic";
-    const clock = (ms: number) => new Date(ms).toLocaleTimeString([], { hour12: false });
     const step = Math.max(1, Math.round((snaps.length - 1) / Math.max(1, Math.floor((width - LEFT) / 160))));
     for (let i = 0; i < snaps.length; i += step) {
       if (i + step / 2 >= snaps.length - 1 && i !== 0) continue;

@@ -13,6 +13,7 @@ import { artifacts, check, finish, launchBrowser, startDemo } from "./harness.mj
 const demoBin = process.argv[2] ?? new URL("../../target/release/timer-leak", import.meta.url).pathname;
 const demoName = demoBin.split("/").pop();
 const LEAK = /Sessions::remember/;
+const LEAK_SOURCE = /Sessions::remember/;
 const CACHE = /cached_item/;
 // The cache fills in about 17 s at the demo's default load; the page opens well after.
 const WARM_UP_MS = 30_000;
@@ -63,7 +64,37 @@ try {
     assert.ok(labelled || calledOut, JSON.stringify({ drawn, callout }));
   });
 
+  const sampler = !demoName.includes("jemalloc");
+  await check("the leak's entry tells its blocks' ages: every age, as a leak's", async () => {
+    if (!sampler) {
+      // jemalloc's profiler does not record when blocks were allocated: no ages line.
+      assert.doesNotMatch(growing[0], /holds /, growing[0]);
+      return;
+    }
+    assert.match(growing[0], /holds blocks of every age/, growing.join("\n"));
+  });
+
   await page.screenshot({ path: `${artifacts}${demoName}-service-ui.png` });
+
+  await check("the retained view keeps the leak and names its window", async () => {
+    const retained = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
+    retained.on("pageerror", (e) => errors.push(e.message));
+    await retained.goto(`http://${addr}/debug/pprof/ui/#retained=1`);
+    await retained.waitForFunction(() => /allocated since|Could not load/.test(document.getElementById("status").textContent), null, { timeout: 30000 });
+    const status = await retained.locator("#status").innerText();
+    if (!sampler) {
+      assert.match(status, /does not record when blocks were allocated/, status);
+      return;
+    }
+    assert.match(status, /allocated since \d\d:\d\d:\d\d and still in use/, status);
+    const names = await retained.evaluate(() => {
+      const t = window.__heapsight.app.tree;
+      return t.json.name.map((i) => t.json.strings[i]);
+    });
+    assert.ok(names.some((n) => LEAK_SOURCE.test(n)), names.slice(0, 40).join("\n"));
+    await retained.screenshot({ path: `${artifacts}${demoName}-service-retained.png` });
+    assert.deepEqual(errors, []);
+  });
   console.log(`screenshot: ${artifacts}${demoName}-service-ui.png`);
 } finally {
   await browser.close();

@@ -117,3 +117,15 @@ test("narrow frames keep the end of their names: generics, then leading path seg
   assert.equal(shortLabel("alloc::vec::Vec<T,A>::push", 14), "vec::Vec::push");
   assert.equal(shortLabel("<myapp::Cfg as core::clone::Clone>::clone", 20).length, 20);
 });
+
+test("a growing site's ages are put in words", async () => {
+  const { agesText, duration } = await import("./build/ages.mjs");
+  const leak = { before: 0, segments: [1024, 1024, 2048], oldest_seconds: 290, median_seconds: 100, pattern: "every_age" };
+  assert.equal(
+    agesText(leak, "bytes"),
+    "holds blocks of every age: what it allocates stays (oldest 5 min, median 2 min; 2.0 KiB of 4.0 KiB from the last third of the window)",
+  );
+  assert.match(agesText({ ...leak, before: 4096, segments: [0, 0, 0], pattern: "old_only" }, "bytes"), /^holds only blocks from before the window/);
+  assert.equal(agesText({ ...leak, pattern: null }, "bytes"), "");
+  assert.deepEqual([duration(45), duration(720), duration(7200), duration(259200)], ["45 s", "12 min", "2.0 h", "3.0 d"]);
+});

@@ -45,25 +45,29 @@ pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ProfileError> {
     let source = s.source.clone();
-    let run = move || {
-        let mut f = Some(f);
-        let mut out = None;
-        source.unprofiled(&mut || out = f.take().map(|f| f()));
-        out.expect("a source's unprofiled() runs the work it is given")
-    };
-    tokio::task::spawn_blocking(run).await.map_err(|e| {
-        ProfileError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("building the profile failed: {e}"),
-        )
-    })
+    tokio::task::spawn_blocking(move || unprofiled(&*source, f))
+        .await
+        .map_err(|e| {
+            ProfileError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("building the profile failed: {e}"),
+            )
+        })
 }
 
-/// A snapshot from the server's source, taken off the async workers: a source may block while
-/// another profiler writes its data out.
+fn unprofiled<T>(source: &dyn SnapshotSource, f: impl FnOnce() -> T) -> T {
+    let mut f = Some(f);
+    let mut out = None;
+    source.unprofiled(&mut || out = f.take().map(|f| f()));
+    out.expect("a source's unprofiled() runs the work it is given")
+}
+
+/// A snapshot from the server's source, taken off the async workers (a source may block while
+/// another profiler writes its data out) and with sampling paused: the snapshot's own buffers
+/// are live while it scans the heap, and are the profiler's, not the service's.
 pub(crate) async fn take_snapshot(s: &Settings) -> Result<Snapshot, ProfileError> {
     let source = s.source.clone();
-    let snapshot = tokio::task::spawn_blocking(move || source.snapshot())
+    let snapshot = tokio::task::spawn_blocking(move || unprofiled(&*source, || source.snapshot()))
         .await
         .map_err(|e| {
             ProfileError::new(

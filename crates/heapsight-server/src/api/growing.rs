@@ -59,25 +59,27 @@ pub(crate) async fn growing(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ProfileError> {
     let q = ApiQuery::of_snapshots(q.as_deref())?;
-    let h = s.history()?;
-    let ids: Vec<u64> = h.summaries().iter().map(|p| p.id).collect();
+    let h = s.history()?.clone();
     let fresh = Arc::new(take_snapshot(&s).await?);
-    // The window: the last `window` snapshots of the history and the fresh one. Only the
-    // snapshots the ranking reads are unpacked.
-    let len = (ids.len() + 1).min(q.window + 1);
-    let ids = &ids[ids.len() + 1 - len..];
-    let marks = growth::marks(len);
-    let wanted: Vec<u64> = marks.iter().filter_map(|&i| ids.get(i).copied()).collect();
-    let mut points: Vec<Arc<Snapshot>> = h.get_many(&wanted).into_iter().flatten().collect();
-    if points.len() != wanted.len() {
-        return Err(ProfileError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the history moved on while the window was read; try again",
-        ));
-    }
-    points.push(fresh);
     let code = q.user_code(&s.user_code);
-    blocking(&s, move || {
+    blocking(&s, move || -> Result<Response, ProfileError> {
+        // The window: the last `window` snapshots of the history and the fresh one. Only the
+        // snapshots the ranking reads are unpacked.
+        let ids: Vec<u64> = h.summaries().iter().map(|p| p.id).collect();
+        let len = (ids.len() + 1).min(q.window + 1);
+        let ids = &ids[ids.len() + 1 - len..];
+        let wanted: Vec<u64> = growth::marks(len)
+            .iter()
+            .filter_map(|&i| ids.get(i).copied())
+            .collect();
+        let mut points: Vec<Arc<Snapshot>> = h.get_many(&wanted).into_iter().flatten().collect();
+        if points.len() != wanted.len() {
+            return Err(ProfileError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the history moved on while the window was read; try again",
+            ));
+        }
+        points.push(fresh);
         let window: Vec<&Snapshot> = points.iter().map(|p| &**p).collect();
         let now = window.last().copied();
         let stacks = growth::growing_at_marks(&window, q.sample_type, q.limit)
@@ -106,12 +108,12 @@ pub(crate) async fn growing(
                 }
             })
             .collect();
-        json(&Growing {
+        Ok(json(&Growing {
             r#type: q.sample_type,
             window_seconds: growth::window_seconds(&window),
             snapshots: len,
             stacks,
-        })
+        }))
     })
-    .await
+    .await?
 }
