@@ -10,6 +10,8 @@ export interface Snapshots {
   source?: string;
   /** Why the last scheduled snapshot failed, if it did. */
   error?: string | null;
+  /** What is wrong with how the source records, with the fix (stacks that come out short). */
+  warnings?: string[];
   snapshots: SnapshotPoint[];
 }
 

@@ -48,6 +48,15 @@ class App {
   async load() {
     this.snapshots = await getJson<Snapshots>("api/snapshots");
     if (this.snapshots?.source) $("source").textContent = `heap from the ${this.snapshots.source}`;
+    const warnings = $("warnings");
+    warnings.replaceChildren(
+      ...(this.snapshots?.warnings ?? []).map((w) => {
+        const p = document.createElement("p");
+        p.textContent = `Warning: ${w}`;
+        return p;
+      }),
+    );
+    warnings.hidden = !warnings.children.length;
     const snaps = this.snapshots?.snapshots ?? [];
     // Growth mode opens by default once there are points in time to compare. The history's first
     // snapshot is taken when the endpoint is mounted, usually before the service has done any

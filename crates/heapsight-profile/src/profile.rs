@@ -9,6 +9,7 @@ use crate::plumbing::{plumbing_prefix, PLUMBING_FRAMES};
 use crate::symbolize::{self, Frame, Symbolizer};
 use heapsight::Snapshot;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 /// A sample type or unit pair, e.g. `inuse_space`/`bytes`.
@@ -166,12 +167,45 @@ impl Profile {
 
     /// As [`Profile::heap`], with a given symbolizer.
     pub fn heap_with(snapshot: &Snapshot, view: HeapView, symbolizer: &mut Symbolizer) -> Profile {
-        let mut b = Builder::new(symbolizer);
+        Profile::heap_built(snapshot, view, Builder::new(symbolizer, true))
+    }
+
+    /// As [`Profile::heap`], but unnamed: locations carry addresses only, and mappings their
+    /// ranges, files and build IDs with `has_functions: false`, so that the reader names the
+    /// frames: `go tool pprof URL` through the server's `/debug/pprof/symbol`, or offline
+    /// from the binary (`go tool pprof BINARY FILE`). Nothing is trimmed (the profile's
+    /// `drop_frames` trims the allocator's frames once they are named).
+    ///
+    /// ```
+    /// use heapsight_profile::{HeapView, Profile};
+    /// #[global_allocator]
+    /// static GLOBAL: heapsight::Sampler<std::alloc::System> =
+    ///     heapsight::Sampler::new(std::alloc::System);
+    ///
+    /// heapsight::set_sample_rate(1);
+    /// let kept = vec![0u8; 1 << 20];
+    /// let p = Profile::heap_unnamed(&heapsight::snapshot(), HeapView::InUse);
+    /// assert!(p.functions.is_empty() && !p.locations.is_empty());
+    /// assert!(p.mappings.iter().all(|m| !m.has_functions));
+    /// assert!(p.total("inuse_space") >= 1 << 20);
+    /// # drop(kept);
+    /// ```
+    pub fn heap_unnamed(snapshot: &Snapshot, view: HeapView) -> Profile {
+        symbolize::with_symbolizer(|s| Profile::heap_built(snapshot, view, Builder::new(s, false)))
+    }
+
+    fn heap_built(snapshot: &Snapshot, view: HeapView, mut b: Builder<'_>) -> Profile {
         let mut merged: HashMap<Vec<u64>, usize> = HashMap::new();
         let mut samples: Vec<Sample> = Vec::new();
         let mut sample_bytes: Vec<(i64, i64)> = Vec::new();
+        let (mut shallow, mut all) = (0u64, 0u64);
         for (id, t) in &snapshot.stacks {
-            let locations = b.stack(&snapshot.frames.frames(*id), true);
+            let frames = snapshot.frames.frames(*id);
+            all += t.alloc_samples;
+            if frames.len() <= SHALLOW_FRAMES {
+                shallow += t.alloc_samples;
+            }
+            let locations = b.stack(&frames, true);
             let values = vec![
                 t.alloc_objects(),
                 t.alloc_space(),
@@ -211,12 +245,18 @@ impl Profile {
                 .unwrap_or(0),
             duration_nanos: snapshot.duration.map(|d| d.as_nanos() as i64),
             drop_frames: Some(PLUMBING_FRAMES.to_string()),
-            comments: Vec::new(),
+            comments: short_stacks_comment(shallow, all),
             mappings,
             locations,
             functions,
             samples,
         }
+    }
+
+    /// Warnings about how the profile was recorded, from its comments: what `go tool pprof`
+    /// prints with `-comments`, and the index page and the UI show.
+    pub fn warnings(&self) -> impl Iterator<Item = &str> {
+        self.comments.iter().filter_map(|c| c.strip_prefix(WARNING))
     }
 
     /// A profile of any samples over stacks of code addresses (leaf first), symbolized
@@ -246,7 +286,7 @@ impl Profile {
         stacks: impl IntoIterator<Item = (Vec<u64>, Vec<i64>)>,
     ) -> Profile {
         symbolize::with_symbolizer(|s| {
-            let mut b = Builder::new(s);
+            let mut b = Builder::new(s, true);
             let mut merged: HashMap<Vec<u64>, usize> = HashMap::new();
             let mut samples: Vec<Sample> = Vec::new();
             for (addresses, values) in stacks {
@@ -327,6 +367,8 @@ fn add_sample(
 /// Assigns ids to mappings, locations and functions as stacks are added.
 struct Builder<'s> {
     symbolizer: &'s mut Symbolizer,
+    /// Whether frames are named here (else the profile carries addresses only).
+    names: bool,
     /// Symbolizer mapping index -> profile mapping id.
     mapping_ids: HashMap<usize, u64>,
     mapping_order: Vec<usize>,
@@ -339,13 +381,14 @@ struct Builder<'s> {
 }
 
 impl<'s> Builder<'s> {
-    fn new(symbolizer: &'s mut Symbolizer) -> Self {
+    fn new(symbolizer: &'s mut Symbolizer, names: bool) -> Self {
         // The main binary (the symbolizer's first object) is mapping 1 even when no sample
         // touches it: pprof takes the first mapping to be the program.
         symbolizer.refresh();
         let has_main = symbolizer.mappings().next().is_some();
         Builder {
             symbolizer,
+            names,
             mapping_ids: if has_main {
                 HashMap::from([(0, 1)])
             } else {
@@ -367,7 +410,11 @@ impl<'s> Builder<'s> {
         for &ret in return_addresses {
             // The call instruction is just before the return address.
             let pc = ret.wrapping_sub(1);
-            let frames = self.symbolizer.frames(pc);
+            let frames = if self.names {
+                self.symbolizer.frames(pc)
+            } else {
+                Arc::from([])
+            };
             if let Some(mapping) = self.symbolizer.mapping_index(pc) {
                 symbolized.push((pc, mapping, frames));
             }
@@ -468,5 +515,22 @@ impl<'s> Builder<'s> {
             })
             .collect();
         (mappings, self.locations, self.functions)
+    }
+}
+
+/// Stacks of this many return addresses or fewer are short: see [`heapsight::SHORT_STACKS`].
+const SHALLOW_FRAMES: usize = 3;
+
+/// How the profile's comments mark a warning.
+const WARNING: &str = "heapsight warning: ";
+
+/// The comment a profile carries when most of its samples have short stacks (at least 16
+/// samples, more than half of them with three frames or fewer), as
+/// [`heapsight::Stats::short_stacks`] judges the sampler's.
+fn short_stacks_comment(shallow: u64, samples: u64) -> Vec<String> {
+    if samples >= 16 && shallow * 2 > samples {
+        vec![format!("{WARNING}{}", heapsight::SHORT_STACKS)]
+    } else {
+        Vec::new()
     }
 }

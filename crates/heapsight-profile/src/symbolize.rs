@@ -8,8 +8,11 @@
 //! the code that actually allocates, not with the size of the binary.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, TryLockError};
+use std::time::{Duration, Instant};
 
 /// Addresses whose frames are kept between profiles; the cache starts over beyond this.
 pub const CACHE_LIMIT: usize = 1 << 17;
@@ -53,12 +56,48 @@ pub struct Symbolizer {
 }
 
 static SHARED: Mutex<Option<Symbolizer>> = Mutex::new(None);
+/// The process whose thread holds [`SHARED`], 0 while nobody does.
+static HOLDER: AtomicU32 = AtomicU32::new(0);
+/// How long a waiter gives a lock that is held while nobody has said by whom (the instant
+/// between taking it and saying so) before it takes the lock for lost in a fork.
+const UNCLAIMED_WAIT: Duration = Duration::from_millis(100);
 
 /// Runs `f` with the process-wide symbolizer, whose caches persist across calls.
+///
+/// Fork-safe: a child forked while another thread of its parent held the symbolizer would wait
+/// forever for a lock whose holder does not exist in the child. A waiter that finds the lock
+/// held by another process's thread (or held and unclaimed for [`UNCLAIMED_WAIT`]) uses a
+/// symbolizer of its own instead, with empty caches.
 pub fn with_symbolizer<R>(f: impl FnOnce(&mut Symbolizer) -> R) -> R {
-    let mut guard = SHARED.lock().unwrap_or_else(|p| p.into_inner());
-    let s = guard.get_or_insert_with(Symbolizer::new);
-    f(s)
+    let me = std::process::id();
+    let mut unclaimed = None;
+    loop {
+        let mut guard = match SHARED.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                let holder = HOLDER.load(Ordering::Acquire);
+                let lost = match holder {
+                    0 => unclaimed.get_or_insert_with(Instant::now).elapsed() > UNCLAIMED_WAIT,
+                    h => h != me,
+                };
+                if lost {
+                    return f(&mut Symbolizer::new());
+                }
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+        };
+        HOLDER.store(me, Ordering::Release);
+        struct Release;
+        impl Drop for Release {
+            fn drop(&mut self) {
+                HOLDER.store(0, Ordering::Release);
+            }
+        }
+        let _release = Release;
+        return f(guard.get_or_insert_with(Symbolizer::new));
+    }
 }
 
 impl Default for Symbolizer {
@@ -200,17 +239,129 @@ fn open_object(mut mapping: ObjectMapping) -> Object {
                             .wrapping_add(mapping.file_offset)
                             .wrapping_sub(off);
                         bias = mapping.start.wrapping_sub(stated);
+                        // The kernel maps from the page the segment starts in, so with lld's
+                        // layout the mapping's first bytes are the end of the read-only
+                        // segment. Readers that find the segment by the mapping's offset (Go
+                        // 1.19's pprof) then pick the read-only one and name every address
+                        // 0x1000 off. Stated from the segment's own start, the mapping names
+                        // the text segment alone; no code lies before it.
+                        if off > mapping.file_offset
+                            && mapping.start + (off - mapping.file_offset) < mapping.limit
+                        {
+                            mapping.start += off - mapping.file_offset;
+                            mapping.file_offset = off;
+                        }
                         break;
                     }
                 }
             }
         }
     }
-    let loader = addr2line::Loader::new(&path).ok();
+    // A binary shipped without its DWARF may have it in a separate file (`objcopy
+    // --only-keep-debug`, or a distribution's -dbg package): read names, lines and inlined
+    // frames from there. Addresses in it are the binary's own, so the bias stays.
+    let debug = if mapping.has_debug_info {
+        None
+    } else {
+        separate_debug_file(&path)
+    };
+    let loader = match &debug {
+        Some(d) => {
+            mapping.has_debug_info = true;
+            addr2line::Loader::new(d).ok()
+        }
+        None => addr2line::Loader::new(&path).ok(),
+    };
     Object {
         mapping,
         bias,
         loader,
+    }
+}
+
+/// Where separate debug files are looked for, as gdb's `debug-file-directory`:
+/// `HEAPSIGHT_DEBUG_FILE_DIRECTORY` (directories separated by `:`), else `/usr/lib/debug`.
+pub const DEBUG_FILE_DIRECTORY_VAR: &str = "HEAPSIGHT_DEBUG_FILE_DIRECTORY";
+
+fn debug_roots() -> Vec<PathBuf> {
+    match std::env::var_os(DEBUG_FILE_DIRECTORY_VAR) {
+        Some(dirs) => std::env::split_paths(&dirs).collect(),
+        None => vec![PathBuf::from("/usr/lib/debug")],
+    }
+}
+
+/// The separate debug file of the object at `path`, found as gdb finds one and checked as it
+/// checks one: by build ID, `ROOT/.build-id/xx/rest.debug` holding the same build ID; then by
+/// `.gnu_debuglink`, the named file beside the object, in `.debug/` beside it, or under
+/// `ROOT` + the object's directory, with the CRC-32 the link records. Only a file that has
+/// DWARF line tables counts.
+pub fn separate_debug_file(path: &Path) -> Option<PathBuf> {
+    use object::Object as _;
+    let file = std::fs::File::open(path).ok()?;
+    // SAFETY: mapped read-only and only parsed while `data` lives; a file rewritten underneath
+    // us could at worst make parsing fail, which is handled.
+    let data = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+    let obj = object::File::parse(&*data).ok()?;
+    let roots = debug_roots();
+    if let Ok(Some(id)) = obj.build_id() {
+        if id.len() >= 2 {
+            let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+            for root in &roots {
+                let candidate = root
+                    .join(".build-id")
+                    .join(&hex[..2])
+                    .join(format!("{}.debug", &hex[2..]));
+                if with_object(&candidate, |o| o.build_id().ok().flatten() == Some(id))
+                    .unwrap_or(false)
+                    && has_line_tables(&candidate)
+                {
+                    return Some(candidate);
+                }
+            }
+        }
+    }
+    let (name, crc) = obj.gnu_debuglink().ok().flatten()?;
+    let name = std::ffi::OsStr::from_bytes(name);
+    let dir = path.parent()?;
+    let mut candidates = vec![dir.join(name), dir.join(".debug").join(name)];
+    for root in &roots {
+        candidates.push(root.join(dir.strip_prefix("/").unwrap_or(dir)).join(name));
+    }
+    candidates
+        .into_iter()
+        .filter(|c| c != path)
+        .find(|c| crc32_of(c) == Some(crc) && has_line_tables(c))
+}
+
+fn with_object<R>(path: &Path, f: impl FnOnce(&object::File) -> R) -> Option<R> {
+    let file = std::fs::File::open(path).ok()?;
+    // SAFETY: as in `separate_debug_file`.
+    let data = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+    let obj = object::File::parse(&*data).ok()?;
+    Some(f(&obj))
+}
+
+fn has_line_tables(path: &Path) -> bool {
+    use object::{Object as _, ObjectSection as _};
+    with_object(path, |o| {
+        o.section_by_name(".debug_line")
+            .is_some_and(|s| s.size() > 0)
+    })
+    .unwrap_or(false)
+}
+
+/// The CRC-32 of a whole file, read in pieces, as `.gnu_debuglink` records it.
+fn crc32_of(path: &Path) -> Option<u32> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut crc = flate2::Crc::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Some(crc.sum()),
+            Ok(n) => crc.update(&buf[..n]),
+            Err(_) => return None,
+        }
     }
 }
 

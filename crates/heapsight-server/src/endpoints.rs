@@ -49,7 +49,8 @@ async fn heap_profile(
         // Dropped, and so cancelled, when the client goes away.
         tokio::time::sleep(wait).await;
         let delta = take_snapshot(s).await?.delta(&before);
-        let body = blocking(s, move || Profile::heap(&delta, view).to_pprof_bytes()).await?;
+        let names = s.names_in_process;
+        let body = blocking(s, move || profile_of(&delta, view, names).to_pprof_bytes()).await?;
         return Ok(attachment(body, &format!("{name}-delta")));
     }
     let snapshot = take_snapshot(s).await?;
@@ -62,12 +63,42 @@ async fn heap_profile(
         .map_err(|e| ProfileError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         return Ok(plain_text(String::from_utf8_lossy(&text).into_owned()));
     }
-    let body = blocking(s, move || Profile::heap(&snapshot, view).to_pprof_bytes()).await?;
+    let names = s.names_in_process;
+    let body = blocking(s, move || {
+        profile_of(&snapshot, view, names).to_pprof_bytes()
+    })
+    .await?;
     Ok(attachment(body, name))
 }
 
+/// The profile of a snapshot, named here or (with `Options::remote_symbolization`) left for
+/// the reader to name.
+fn profile_of(snapshot: &heapsight::Snapshot, view: HeapView, names: bool) -> Profile {
+    if names {
+        Profile::heap(snapshot, view)
+    } else {
+        Profile::heap_unnamed(snapshot, view)
+    }
+}
+
 pub(crate) async fn index(State(s): State<Arc<Settings>>) -> Response {
-    Html(INDEX.replace("SOURCE", &html_escape(s.source.name()))).into_response()
+    let warnings: String = s
+        .source
+        .warnings()
+        .iter()
+        .map(|w| {
+            format!(
+                "<p class=\"warning\"><strong>Warning:</strong> {}</p>\n",
+                html_escape(w)
+            )
+        })
+        .collect();
+    Html(
+        INDEX
+            .replace("SOURCE", &html_escape(s.source.name()))
+            .replace("WARNINGS\n", &warnings),
+    )
+    .into_response()
 }
 
 const INDEX: &str = r#"<!doctype html>
@@ -75,6 +106,7 @@ const INDEX: &str = r#"<!doctype html>
 <head><meta charset="utf-8"><title>/debug/pprof/</title></head>
 <body>
 <h1>/debug/pprof/</h1>
+WARNINGS
 <p>Profiles of this process; heap profiles from the SOURCE. Open one with <code>go tool pprof</code>,
 for example <code>go tool pprof -http=:8081 http://HOST/debug/pprof/heap</code>.
 Add <code>debug=1</code> for the legacy text format, <code>seconds=N</code> for what changed over N seconds.</p>

@@ -74,6 +74,7 @@ pub struct Options {
     bearer_token: Option<String>,
     history_settings: Option<(Duration, usize, usize)>,
     user_code: heapsight_profile::UserCode,
+    remote_symbolization: bool,
 }
 
 impl Default for Options {
@@ -94,6 +95,7 @@ impl Options {
             max_waiting: DEFAULT_MAX_WAITING,
             bearer_token: None,
             user_code: heapsight_profile::UserCode::default(),
+            remote_symbolization: false,
             history_settings: Some((
                 history::DEFAULT_INTERVAL,
                 history::DEFAULT_CAPACITY,
@@ -111,6 +113,7 @@ impl std::fmt::Debug for Options {
             .field("max_waiting", &self.max_waiting)
             .field("bearer_token", &self.bearer_token.as_ref().map(|_| "<set>"))
             .field("history", &self.history_settings)
+            .field("remote_symbolization", &self.remote_symbolization)
             .finish()
     }
 }
@@ -133,6 +136,16 @@ impl Options {
     /// them and folds them at the root of the flame graph; profiles keep every frame.
     pub fn libraries<S: AsRef<str>>(mut self, crates: impl IntoIterator<Item = S>) -> Options {
         self.user_code = self.user_code.with_libraries(crates);
+        self
+    }
+
+    /// Leaves naming the frames of `/heap` and `/allocs` (and their deltas) to the reader, as a
+    /// Go service does: the profiles carry addresses and mappings (`has_functions: false`), and
+    /// `go tool pprof URL` names them through `/debug/pprof/symbol`, which answers from this
+    /// process. The profile endpoints then never open debug info themselves; the web UI, which
+    /// needs names, still does.
+    pub fn remote_symbolization(mut self) -> Options {
+        self.remote_symbolization = true;
         self
     }
 
@@ -192,6 +205,7 @@ impl Options {
             }),
             bearer_token: self.bearer_token,
             user_code: self.user_code,
+            names_in_process: !self.remote_symbolization,
         });
         Router::new()
             .route("/debug/pprof/", get(endpoints::index))

@@ -23,6 +23,8 @@ pub(crate) struct Settings {
     pub(crate) bearer_token: Option<String>,
     /// Which frames are the service's own code (the server's option; a request may add more).
     pub(crate) user_code: heapsight_profile::UserCode,
+    /// Whether `/heap` and `/allocs` name their frames (else `/symbol` does, for the reader).
+    pub(crate) names_in_process: bool,
 }
 
 impl Settings {

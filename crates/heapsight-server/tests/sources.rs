@@ -127,3 +127,50 @@ fn a_source_that_is_not_there_is_501_and_one_that_fails_is_500() {
         assert_eq!(json["snapshots"].as_array().unwrap().len(), 0);
     }
 }
+
+/// The fixed source, saying its stacks come out short as the sampler does in a build without
+/// frame pointers.
+struct ShortStacksSource;
+
+impl SnapshotSource for ShortStacksSource {
+    fn name(&self) -> &str {
+        "short-stacked test source"
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, SourceError> {
+        FixedSource.snapshot()
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        vec![heapsight::SHORT_STACKS.to_string()]
+    }
+}
+
+#[test]
+fn a_sources_warnings_are_on_the_index_page_and_in_the_timeline() {
+    for (source, warned) in [
+        (Arc::new(ShortStacksSource) as Arc<dyn SnapshotSource>, true),
+        (Arc::new(FixedSource), false),
+    ] {
+        let server = heapsight_server::Options::new()
+            .source(source)
+            .spawn("127.0.0.1:0")
+            .unwrap();
+        let index = request_to(server.local_addr(), "GET /debug/pprof/ HTTP/1.1", b"").text();
+        assert_eq!(
+            index.contains("<strong>Warning:</strong> most recorded stacks are 3 frames or fewer"),
+            warned,
+            "{index}"
+        );
+        assert_eq!(index.contains("force-frame-pointers=yes"), warned);
+        let timeline = request_to(
+            server.local_addr(),
+            "GET /debug/pprof/ui/api/snapshots HTTP/1.1",
+            b"",
+        );
+        let json: serde_json::Value = serde_json::from_slice(&timeline.body).unwrap();
+        let warnings = json["warnings"].as_array().unwrap();
+        assert_eq!(warnings.len(), usize::from(warned), "{json}");
+        server.shutdown();
+    }
+}

@@ -52,5 +52,5 @@ pub use snapshot::{
 };
 pub use source::{SamplerSource, SnapshotSource, SourceError, SourceErrorKind};
 pub use stack_store::StackStore;
-pub use tables::{stats, Stats, DEFAULT_SAMPLE_RATE};
+pub use tables::{stats, Stats, DEFAULT_SAMPLE_RATE, SHORT_STACKS};
 pub use unwind::{set_unwinder, unwinder, Unwinder};

@@ -27,7 +27,9 @@
 
 use crate::poisson::{self, Rng};
 use crate::stacks;
-use crate::tables::{self, count_drop, Loss, SAMPLE_RATE, TRUNCATED_STACKS};
+use crate::tables::{
+    self, count_drop, Loss, SAMPLE_RATE, SHALLOW_DEPTH, SHALLOW_SAMPLES, TRUNCATED_STACKS,
+};
 use crate::unwind::{self, StackBounds};
 use crate::{clock, live, region};
 use std::alloc::{GlobalAlloc, Layout};
@@ -324,6 +326,9 @@ impl<A: GlobalAlloc> Sampler<A> {
             let (depth, truncated) = unwind::capture(bounds, &mut frames, frame_marker);
             if truncated {
                 TRUNCATED_STACKS.fetch_add(1, Ordering::Relaxed);
+            }
+            if depth <= SHALLOW_DEPTH {
+                SHALLOW_SAMPLES.fetch_add(1, Ordering::Relaxed);
             }
             let stack = match stacks::intern(&frames[..depth]) {
                 Ok(id) => id,

@@ -26,6 +26,12 @@ pub trait SnapshotSource: Send + Sync {
     fn unprofiled(&self, work: &mut dyn FnMut()) {
         work()
     }
+
+    /// What is wrong with how this source records, in words a user can act on (stacks that
+    /// come out short, say): the server's index page and UI show these.
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 impl<S: SnapshotSource + ?Sized> SnapshotSource for std::sync::Arc<S> {
@@ -39,6 +45,10 @@ impl<S: SnapshotSource + ?Sized> SnapshotSource for std::sync::Arc<S> {
 
     fn unprofiled(&self, work: &mut dyn FnMut()) {
         (**self).unprofiled(work)
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        (**self).warnings()
     }
 }
 
@@ -75,6 +85,14 @@ impl SnapshotSource for SamplerSource {
 
     fn unprofiled(&self, work: &mut dyn FnMut()) {
         crate::sampler::without_sampling(work)
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        crate::stats()
+            .short_stacks()
+            .into_iter()
+            .map(String::from)
+            .collect()
     }
 }
 

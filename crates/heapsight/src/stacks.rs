@@ -257,6 +257,14 @@ pub(crate) fn bytes_used() -> usize {
 }
 
 /// The totals of entry `id` if it exists (ids up to [`len`]).
+/// Samples recorded over all stacks.
+pub(crate) fn samples() -> u64 {
+    (0..len())
+        .filter_map(totals_if_any)
+        .map(|t| t.alloc_samples.load(Ordering::Relaxed))
+        .sum()
+}
+
 pub(crate) fn totals_if_any(id: u32) -> Option<&'static Totals> {
     let t = table()?;
     (id < len()).then(|| t.totals(id))

@@ -76,6 +76,13 @@ static DROPS: [AtomicU64; 4] = [
 ];
 pub(crate) static TRUNCATED_STACKS: AtomicU64 = AtomicU64::new(0);
 
+/// A stack this short almost never comes from a program built with frame pointers: `main` alone
+/// sits under the standard library's start-up frames, and every thread under its start routine.
+pub(crate) const SHALLOW_DEPTH: usize = 3;
+
+/// Samples recorded with [`SHALLOW_DEPTH`] frames or fewer. Only such samples touch it.
+pub(crate) static SHALLOW_SAMPLES: AtomicU64 = AtomicU64::new(0);
+
 pub(crate) fn count_drop(why: Loss) {
     DROPS[why as usize].fetch_add(1, Ordering::Relaxed);
 }
@@ -107,9 +114,41 @@ pub struct Stats {
     pub dropped_large_table_full: u64,
     /// Samples whose stack was deeper than the unwinder keeps (leaf frames are kept).
     pub truncated_stacks: u64,
+    /// Samples recorded so far.
+    pub samples: u64,
+    /// Of those, samples whose stack had three frames or fewer: most of them means the unwinder
+    /// cannot walk this binary's stacks (see [`Stats::short_stacks`]).
+    pub shallow_samples: u64,
 }
 
+/// What [`Stats::short_stacks`] says, and the index page, the UI and the profiles' comments with it.
+pub const SHORT_STACKS: &str = "most recorded stacks are 3 frames or fewer: this binary was \
+     probably built without frame pointers, which heapsight's unwinder walks. Build with \
+     RUSTFLAGS=\"-C force-frame-pointers=yes\" (or `rustflags` in .cargo/config.toml), or enable \
+     the `backtrace-fallback` feature and call \
+     heapsight::set_unwinder(heapsight::Unwinder::Libgcc) at start-up";
+
 impl Stats {
+    /// Whether stacks come out short, with what to do about it: `Some` once at least 16 samples
+    /// are recorded and more than half of them have three frames or fewer.
+    ///
+    /// ```
+    /// #[global_allocator]
+    /// static GLOBAL: heapsight::Sampler<std::alloc::System> =
+    ///     heapsight::Sampler::new(std::alloc::System);
+    ///
+    /// // Built with frame pointers (this workspace's .cargo/config.toml): stacks are whole.
+    /// heapsight::set_sample_rate(1);
+    /// let kept: Vec<Vec<u8>> = (0..100).map(|i| vec![0; 100 + i]).collect();
+    /// let stats = heapsight::stats();
+    /// assert!(stats.samples >= 100);
+    /// assert_eq!(stats.short_stacks(), None, "{stats:?}");
+    /// # drop(kept);
+    /// ```
+    pub fn short_stacks(&self) -> Option<&'static str> {
+        (self.samples >= 16 && self.shallow_samples * 2 > self.samples).then_some(SHORT_STACKS)
+    }
+
     /// All samples that were drawn but not recorded, whatever the reason.
     pub fn dropped_samples(&self) -> u64 {
         self.dropped_no_tables
@@ -140,5 +179,7 @@ pub fn stats() -> Stats {
         dropped_region_full: d(Loss::RegionFull),
         dropped_large_table_full: d(Loss::LargeTableFull),
         truncated_stacks: TRUNCATED_STACKS.load(Ordering::Relaxed),
+        samples: stacks::samples(),
+        shallow_samples: SHALLOW_SAMPLES.load(Ordering::Relaxed),
     }
 }

@@ -17,6 +17,8 @@ struct Timeline<'a> {
     source: &'a str,
     /// Why the last scheduled snapshot failed, if it did.
     error: Option<String>,
+    /// What is wrong with how the source records (stacks that come out short, say).
+    warnings: Vec<String>,
     snapshots: Vec<Point>,
 }
 
@@ -51,6 +53,7 @@ pub(crate) async fn snapshots(State(s): State<Arc<Settings>>) -> Result<Response
         bytes: h.bytes(),
         source: s.source.name(),
         error: h.last_error(),
+        warnings: s.source.warnings(),
         snapshots,
     }))
 }
