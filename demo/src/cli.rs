@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! timer-leak [--scenario loop|broker|service] [--fixed] [--addr HOST:PORT] [--rate N] [--delay SECS]
+//!   [--unwinder frame-pointers|dwarf]
 //! ```
 
 use crate::{busy_loop, Broker, Message};
@@ -25,10 +26,12 @@ struct Args {
     addr: String,
     rate: Option<u64>,
     delay: Duration,
+    dwarf: bool,
 }
 
 const USAGE: &str = "\
 [--scenario loop|broker|service] [--fixed] [--addr HOST:PORT] [--rate N] [--delay SECS]
+  [--unwinder frame-pointers|dwarf]
 
   --scenario loop     a busy channel read in a loop with a 3-minute `after` timeout (default)
   --scenario broker   a broker sending each message to 3000 subscribers, 5 ms `after` per send
@@ -39,7 +42,9 @@ const USAGE: &str = "\
   --addr HOST:PORT   where to serve /debug/pprof (default 127.0.0.1:6060; port 0 picks one)
   --rate N           messages per second (loop: default 20000), broadcasts (broker: 150) or
                      requests (service: 1200)
-  --delay SECS       wait this long before starting the load, to take a baseline profile";
+  --delay SECS       wait this long before starting the load, to take a baseline profile
+  --unwinder dwarf   walk stacks with heapsight's DWARF unwinder, for a build without frame
+                     pointers (default: frame pointers)";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -48,6 +53,7 @@ fn parse_args() -> Result<Args, String> {
         addr: "127.0.0.1:6060".into(),
         rate: None,
         delay: Duration::ZERO,
+        dwarf: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -81,6 +87,17 @@ fn parse_args() -> Result<Args, String> {
                         .map_err(|_| "--delay takes whole seconds".to_string())?,
                 )
             }
+            "--unwinder" => {
+                a.dwarf = match value()?.as_str() {
+                    "dwarf" => true,
+                    "frame-pointers" => false,
+                    other => {
+                        return Err(format!(
+                            "unknown unwinder {other:?}: frame-pointers or dwarf"
+                        ))
+                    }
+                }
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -101,6 +118,10 @@ pub fn run(program: &str, source: Arc<dyn SnapshotSource>) {
             std::process::exit(if e.is_empty() { 0 } else { 2 });
         }
     };
+    if args.dwarf && !heapsight::set_unwinder(heapsight::Unwinder::Dwarf) {
+        eprintln!("{program}: the DWARF unwinder is not built in on this target");
+        std::process::exit(2);
+    }
     // Snapshots every 2 s (for an hour): the UI's timeline and growth views come alive quickly.
     let options = heapsight_server::Options::new()
         .source(source.clone())

@@ -64,18 +64,27 @@ pub const DEFAULT_LIBRARIES: [&str; 19] = [
 ];
 
 /// C runtime and unwinding entry points that start threads and programs: root-side plumbing
-/// whose names carry no crate.
-const ENTRY_POINTS: [&str; 9] = [
+/// whose names carry no crate. Matched without glibc's `__GI_` alias prefix and `@GLIBC_...`
+/// version suffix, as symbol tables and DWARF name them (`__GI___clone3`,
+/// `__libc_start_main@GLIBC_2.34`).
+const ENTRY_POINTS: [&str; 10] = [
     "_start",
     "__libc_start_main",
     "__libc_start_call_main",
     "main",
     "start_thread",
     "clone",
+    "__clone",
     "clone3",
     "__clone3",
     "__rust_try",
 ];
+
+fn is_entry_point(function: &str) -> bool {
+    let name = function.split('@').next().unwrap_or(function);
+    let name = name.strip_prefix("__GI_").unwrap_or(name);
+    ENTRY_POINTS.contains(&name)
+}
 
 /// The rule of which crates are the user's. The default counts every crate as the user's but
 /// [`DEFAULT_LIBRARIES`].
@@ -109,7 +118,7 @@ impl UserCode {
     pub fn is_users(&self, function: &str) -> bool {
         let crates = crates_of(function);
         if crates.is_empty() {
-            return !ENTRY_POINTS.contains(&function);
+            return !is_entry_point(function);
         }
         crates
             .iter()
@@ -321,6 +330,19 @@ mod tests {
             "myapp::worker",
         ];
         assert_eq!(code.root_run(&plain), (2, "thread start"));
+        // A DWARF unwinder reaches glibc's own entry points, named as its symbols are.
+        let from_clone = [
+            "__GI___clone3",
+            "start_thread",
+            "std::sys::thread::unix::Thread::new::thread_start",
+            "myapp::worker",
+        ];
+        assert_eq!(code.root_run(&from_clone), (3, "thread start"));
+        assert!(!code.is_users("__libc_start_main@GLIBC_2.34"));
+        assert!(
+            code.is_users("__GI_myapp_hook"),
+            "only known entry points are plumbing"
+        );
         let all_plumbing = ["start_thread", "std::thread::local::LocalKey<T>::with"];
         assert_eq!(code.root_run(&all_plumbing).0, 1, "the leaf stays");
         assert_eq!(code.root_run(&[]).0, 0);

@@ -3,7 +3,7 @@
 //! Every workload calls the allocators through `GlobalAlloc` directly, so one process can run
 //! the bare allocator and `Sampler<allocator>` back to back, interleaved, repeated, and compare
 //! medians (and, drift-proof, the median ratio of back-to-back pairs). Run with `cargo bench -p heapsight --bench overhead` (add `-- quick` for a short run,
-//! and `--features backtrace-fallback` to also time the fallback unwinder).
+//! and `--features backtrace-fallback,dwarf-unwind` to also time the DWARF unwinders).
 //!
 //! - churn: two threads each replace a random slot of a 4096-slot ring with a new object,
 //!   10M steps per thread; `small` sizes are 16-256 B, `bytes` sizes are 80% 16-256 B,
@@ -86,21 +86,32 @@ fn main() {
         s,
         s / b
     );
-    if heapsight::set_unwinder(heapsight::Unwinder::Libgcc) {
+    // The DWARF unwinders, where built in (libgcc's is slower: fewer, smaller batches).
+    for (unwinder, label, runs, batch) in [
+        (
+            heapsight::Unwinder::Dwarf,
+            "  the same with heapsight's DWARF unwinder",
+            50,
+            BATCH,
+        ),
+        (
+            heapsight::Unwinder::Libgcc,
+            "  the same with the libgcc fallback unwinder",
+            20,
+            BATCH / 10,
+        ),
+    ] {
+        if !heapsight::set_unwinder(unwinder) {
+            continue;
+        }
         heapsight::set_sample_rate(1);
-        let sampled: Vec<f64> = (0..20)
-            .map(|_| deep(&SAMPLED_SYSTEM, 30, BATCH / 10) as f64 / (BATCH / 10) as f64)
+        let sampled: Vec<f64> = (0..runs)
+            .map(|_| deep(&SAMPLED_SYSTEM, 30, batch) as f64 / batch as f64)
             .collect();
         heapsight::set_sample_rate(heapsight::DEFAULT_SAMPLE_RATE);
         heapsight::set_unwinder(heapsight::Unwinder::FramePointers);
         let s = median(sampled);
-        println!(
-            "{:<44} {:>9.0}ns {:>9.0}ns {:>8.1}",
-            "  the same with the libgcc fallback unwinder",
-            b,
-            s,
-            s / b
-        );
+        println!("{label:<44} {b:>9.0}ns {s:>9.0}ns {:>8.1}", s / b);
     }
 
     // What stamping a sampled block with its allocation time adds to it: the hook reads the

@@ -33,6 +33,8 @@
 //! knows of symbols, profile formats or HTTP.
 
 mod clock;
+#[cfg(all(feature = "dwarf-unwind", target_arch = "x86_64"))]
+mod dwarf;
 mod live;
 mod os;
 mod poisson;

@@ -80,6 +80,9 @@ pub(crate) static TRUNCATED_STACKS: AtomicU64 = AtomicU64::new(0);
 /// sits under the standard library's start-up frames, and every thread under its start routine.
 pub(crate) const SHALLOW_DEPTH: usize = 3;
 
+/// Samples the DWARF unwinder left to the frame-pointer walk: every one of its caches was in use.
+pub(crate) static DWARF_FALLBACKS: AtomicU64 = AtomicU64::new(0);
+
 /// Samples recorded with [`SHALLOW_DEPTH`] frames or fewer. Only such samples touch it.
 pub(crate) static SHALLOW_SAMPLES: AtomicU64 = AtomicU64::new(0);
 
@@ -114,6 +117,9 @@ pub struct Stats {
     pub dropped_large_table_full: u64,
     /// Samples whose stack was deeper than the unwinder keeps (leaf frames are kept).
     pub truncated_stacks: u64,
+    /// Samples that [`crate::Unwinder::Dwarf`] left to the frame-pointer walk, because as many
+    /// threads were unwinding at once as it has caches (16).
+    pub dwarf_fallbacks: u64,
     /// Samples recorded so far.
     pub samples: u64,
     /// Of those, samples whose stack had three frames or fewer: most of them means the unwinder
@@ -125,8 +131,8 @@ pub struct Stats {
 pub const SHORT_STACKS: &str = "most recorded stacks are 3 frames or fewer: this binary was \
      probably built without frame pointers, which heapsight's unwinder walks. Build with \
      RUSTFLAGS=\"-C force-frame-pointers=yes\" (or `rustflags` in .cargo/config.toml), or enable \
-     the `backtrace-fallback` feature and call \
-     heapsight::set_unwinder(heapsight::Unwinder::Libgcc) at start-up";
+     heapsight's `dwarf-unwind` feature and call \
+     heapsight::set_unwinder(heapsight::Unwinder::Dwarf) at start-up";
 
 impl Stats {
     /// Whether stacks come out short, with what to do about it: `Some` once at least 16 samples
@@ -179,6 +185,7 @@ pub fn stats() -> Stats {
         dropped_region_full: d(Loss::RegionFull),
         dropped_large_table_full: d(Loss::LargeTableFull),
         truncated_stacks: TRUNCATED_STACKS.load(Ordering::Relaxed),
+        dwarf_fallbacks: DWARF_FALLBACKS.load(Ordering::Relaxed),
         samples: stacks::samples(),
         shallow_samples: SHALLOW_SAMPLES.load(Ordering::Relaxed),
     }

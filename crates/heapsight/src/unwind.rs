@@ -9,9 +9,11 @@
 //! (a frame built without frame pointers, garbage in the register) ends the walk instead of
 //! reading outside the stack. The bounds come from `pthread_getattr_np` once per thread.
 //!
-//! Programs built without frame pointers can opt into a fallback, libgcc's DWARF unwinder through
-//! the `backtrace` crate (Cargo feature `backtrace-fallback`, then [`set_unwinder`]). It finds
-//! complete stacks without frame pointers, at a higher cost per sample and with libgcc's locks.
+//! Programs built without frame pointers can opt into a DWARF unwinder instead: heapsight's own,
+//! framehop over the process's `.eh_frame` (Cargo feature `dwarf-unwind`, then
+//! [`set_unwinder`]`(Unwinder::Dwarf)`), lock-free and allocation-free; or libgcc's through the
+//! `backtrace` crate (feature `backtrace-fallback`), with libgcc's locks. Both find complete
+//! stacks without frame pointers, at a higher cost per sample than the frame-pointer walk.
 //!
 //! Must never: read outside the current thread's stack, allocate, or panic.
 
@@ -28,7 +30,14 @@ pub enum Unwinder {
     /// locks inside the unwinder and costs several microseconds per sample. Needs the
     /// `backtrace-fallback` feature.
     Libgcc,
+    /// heapsight's own DWARF unwinder (framehop over the process's `.eh_frame`, prepared when
+    /// chosen): works without frame pointers, lock-free and without allocating. Needs the
+    /// `dwarf-unwind` feature, on x86_64. Objects loaded after it is chosen are not unwound
+    /// through; choose it again after a `dlopen`.
+    Dwarf,
 }
+
+const DWARF_AVAILABLE: bool = cfg!(all(feature = "dwarf-unwind", target_arch = "x86_64"));
 
 static UNWINDER: AtomicU8 = AtomicU8::new(0);
 
@@ -43,8 +52,13 @@ static UNWINDER: AtomicU8 = AtomicU8::new(0);
 /// heapsight::set_unwinder(Unwinder::FramePointers);
 /// ```
 pub fn set_unwinder(unwinder: Unwinder) -> bool {
-    if unwinder == Unwinder::Libgcc && !cfg!(feature = "backtrace-fallback") {
-        return false;
+    match unwinder {
+        Unwinder::Libgcc if !cfg!(feature = "backtrace-fallback") => return false,
+        Unwinder::Dwarf if !DWARF_AVAILABLE => return false,
+        #[cfg(all(feature = "dwarf-unwind", target_arch = "x86_64"))]
+        // Its tables are the profiler's memory: built with sampling paused.
+        Unwinder::Dwarf => crate::sampler::without_sampling(crate::dwarf::prepare),
+        _ => {}
     }
     UNWINDER.store(unwinder as u8, Ordering::Relaxed);
     true
@@ -54,7 +68,8 @@ pub fn set_unwinder(unwinder: Unwinder) -> bool {
 pub fn unwinder() -> Unwinder {
     match UNWINDER.load(Ordering::Relaxed) {
         0 => Unwinder::FramePointers,
-        _ => Unwinder::Libgcc,
+        1 => Unwinder::Libgcc,
+        _ => Unwinder::Dwarf,
     }
 }
 
@@ -69,9 +84,16 @@ pub(crate) fn capture(
     out: &mut [usize],
     caller_frame: usize,
 ) -> (usize, bool) {
-    #[cfg(feature = "backtrace-fallback")]
-    if UNWINDER.load(Ordering::Relaxed) != 0 {
-        return capture_libgcc(out, caller_frame);
+    match UNWINDER.load(Ordering::Relaxed) {
+        #[cfg(feature = "backtrace-fallback")]
+        1 => return capture_libgcc(out, caller_frame),
+        #[cfg(all(feature = "dwarf-unwind", target_arch = "x86_64"))]
+        2 => {
+            if let Some(captured) = crate::dwarf::capture(bounds, out, caller_frame) {
+                return captured;
+            }
+        }
+        _ => {}
     }
     let _ = caller_frame;
     walk(bounds, out)
