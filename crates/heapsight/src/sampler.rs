@@ -214,7 +214,11 @@ fn decide(size: usize) -> Option<u64> {
         }
         if t.rng.get() == 0 {
             // First allocation on this thread: place its first sample point, then see whether
-            // this allocation already reaches it.
+            // this allocation already reaches it. The process's first allocation also sets up
+            // the tables, before it can have started a thread of its own (std allocates in the
+            // parent to spawn one): set up later, by whichever thread sampled first, every
+            // thread sampling meanwhile would lose its samples to the set-up.
+            tables::ready();
             let mut rng = seed(t);
             let left = next_countdown(&mut rng, rate).saturating_sub(size as i64);
             t.rng.set(rng.next_u64() | 1);
