@@ -24,6 +24,14 @@ export interface SnapshotPoint {
   alloc_objects: number;
 }
 
+/** `GET api/memory`: the process's resident memory and the profiler's own share of it. */
+export interface Memory {
+  rss_anon: number | null;
+  rss_file: number | null;
+  /** `null` where the source does not measure the profiler's memory. */
+  profiler: { total: number; parts: { part: string; bytes: number }[] } | null;
+}
+
 /** `GET api/growing`: the stacks growing fastest. */
 export interface Growing {
   type: string;

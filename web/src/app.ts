@@ -7,7 +7,7 @@
 // which are plain DOM, live here.
 
 import { agesText, clock } from "./ages";
-import { getJson, Growing, lastError, postTree, Snapshots, TreeJson } from "./api";
+import { getJson, Growing, lastError, Memory, postTree, Snapshots, TreeJson } from "./api";
 import { changeText, formatValue, PALETTES } from "./color";
 import { FlameGraph, Look } from "./flame";
 import { FILTERS, readState, writeState } from "./state";
@@ -33,6 +33,15 @@ function unitOf(type: string): string {
 }
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 
+/** "profiler 3.1 MiB of 48.2 MiB (tables 2.0, symbolizer 0.9, history 0.2)". */
+export function memoryText(m: Memory): string {
+  const mib = (b: number) => (b / (1 << 20)).toFixed(1);
+  if (!m.profiler) return m.rss_anon === null ? "" : `process ${mib(m.rss_anon)} MiB`;
+  const parts = m.profiler.parts.filter((p) => p.bytes >= 0.05 * (1 << 20)).map((p) => `${p.part} ${mib(p.bytes)}`);
+  const of = m.rss_anon === null ? "" : ` of ${mib(m.rss_anon)} MiB`;
+  return `profiler ${mib(m.profiler.total)} MiB${of}` + (parts.length ? ` (${parts.join(", ")})` : "");
+}
+
 class App {
   state = readState();
   tree?: Tree;
@@ -57,6 +66,7 @@ class App {
       }),
     );
     warnings.hidden = !warnings.children.length;
+    void this.loadMemory();
     const snaps = this.snapshots?.snapshots ?? [];
     // Growth mode opens by default once there are points in time to compare. The history's first
     // snapshot is taken when the endpoint is mounted, usually before the service has done any
@@ -74,6 +84,12 @@ class App {
     this.compileSearch();
     this.drawTimeline();
     await Promise.all([this.loadTree(), this.loadGrowing()]);
+  }
+
+  /** The header's line on the profiler's own memory. */
+  async loadMemory() {
+    const m = await getJson<Memory>("api/memory");
+    $("memory").textContent = m ? memoryText(m) : "";
   }
 
   /** What the flame graph and the tests draw with. */

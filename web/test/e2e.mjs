@@ -42,6 +42,14 @@ try {
     assert.equal(await page.locator("#source").innerText(), `heap from the ${want}`);
   });
 
+  await check("the header says how much of the process the profiler itself holds", async () => {
+    await page.waitForFunction(() => document.getElementById("memory").textContent !== "");
+    const text = await page.locator("#memory").innerText();
+    const m = text.match(/^profiler (\d+\.\d) MiB of (\d+\.\d) MiB \(tables \d+\.\d/);
+    assert.ok(m, text);
+    assert.ok(+m[1] > 0 && +m[1] < +m[2], text);
+  });
+
   await check("the growing list names after first", async () => {
     // The entry's first line names it; a second line may tell its blocks' ages.
     const first = await page.locator("#growing li").first().innerText();

@@ -10,7 +10,7 @@ use crate::symbolize::Frame;
 /// The regular expression (RE2, matched against whole function names) of the profiler's own
 /// frames and the allocator plumbing. Written into every heap profile as `drop_frames`.
 pub const PLUMBING_FRAMES: &str = concat!(
-    "(heapsight::.*|<heapsight::.*|(__rustc::)?(__rust_alloc|__rust_realloc|__rust_dealloc|__rg_|__rdl_).*|",
+    "(<?heapsight::(sampler|unwind|dwarf|stacks|region|live|clock|poisson|tables|os)::.*|(__rustc::)?(__rust_alloc|__rust_realloc|__rust_dealloc|__rg_|__rdl_).*|",
     "alloc::alloc::.*|<alloc::alloc::.*|alloc::raw_vec::.*|<alloc::raw_vec::.*|",
     "core::alloc::.*|std::alloc::.*|<std::alloc::.*|<.* as core::alloc::.*|",
     "tikv_jemallocator::.*|_rjem_.*|",
@@ -43,9 +43,18 @@ pub fn is_plumbing(function: &str) -> bool {
     if SHIMS.iter().any(|p| shim.starts_with(p)) {
         return true;
     }
-    const PREFIXES: [&str; 11] = [
-        "heapsight::",
-        "<heapsight::",
+    // The hook's modules on the allocation path; not `heapsight::own` (the profiler's own work,
+    // whose allocations are profiled under it) nor the rest of the crate's API.
+    let hook = function
+        .strip_prefix('<')
+        .unwrap_or(function)
+        .strip_prefix("heapsight::")
+        .is_some_and(|rest| {
+            HOOK_MODULES
+                .iter()
+                .any(|m| rest.strip_prefix(m).is_some_and(|r| r.starts_with("::")))
+        });
+    const PREFIXES: [&str; 9] = [
         "alloc::alloc::",
         "<alloc::alloc::",
         "alloc::raw_vec::",
@@ -59,10 +68,15 @@ pub fn is_plumbing(function: &str) -> bool {
     ];
     // Any allocator's trait methods: `<tikv_jemallocator::Jemalloc as core::alloc::...>::alloc`.
     let allocator_impl = function.starts_with('<') && function.contains(" as core::alloc::");
-    allocator_impl
+    hook || allocator_impl
         || PREFIXES.iter().any(|p| function.starts_with(p))
         || ENTRY_POINTS.contains(&function)
 }
+
+/// The modules of the hook that allocations pass through.
+const HOOK_MODULES: [&str; 10] = [
+    "sampler", "unwind", "dwarf", "stacks", "region", "live", "clock", "poisson", "tables", "os",
+];
 
 /// Whether a location (its frames leaf first, inlined ones before the function they were inlined
 /// into) lies inside the allocation path: its outermost function is plumbing, so everything
@@ -121,7 +135,7 @@ mod tests {
         "<std::alloc::System as core::alloc::global::GlobalAlloc>::alloc",
         "<tikv_jemallocator::Jemalloc as core::alloc::global::GlobalAlloc>::alloc",
     ];
-    const USER_CODE: [&str; 10] = [
+    const USER_CODE: [&str; 12] = [
         "main",
         "__rust_try",
         "__rustc::rust_begin_unwind",
@@ -132,6 +146,8 @@ mod tests {
         "alloc::vec::Vec<T,A>::with_capacity",
         "<myapp::Foo as core::clone::Clone>::clone",
         "heapsight_server::handler",
+        "heapsight::own::run::<alloc::vec::Vec<u8>, F>",
+        "<heapsight::source::SamplerSource as heapsight::source::SnapshotSource>::unprofiled",
     ];
 
     /// A location from its function names, leaf (innermost inlined) first.

@@ -1,5 +1,6 @@
-//! `/debug/pprof/profile`: a CPU profile over `seconds`, from the `pprof` crate's sampling
-//! profiler (SIGPROF, frame-pointer unwinding in the signal handler).
+//! `/debug/pprof/profile`: a CPU profile over `seconds`, from heapsight's own CPU profiler
+//! (`SIGPROF` over the process's CPU time, frame pointers walked in the handler), symbolized
+//! with the same symbolizer as the heap profiles.
 //!
 //! One CPU profile runs at a time in a process (the timer and its signal are process-wide); a
 //! second request while one runs is answered `409 Conflict` at once. Both the wait and the
@@ -12,26 +13,14 @@ use crate::state::{blocking, Settings};
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use flate2::write::GzEncoder;
-use pprof::protos::Message;
-use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use heapsight::CpuProfileError;
+use heapsight_profile::{Profile, ValueType};
 use std::sync::Arc;
 use std::time::Duration;
 
-static RUNNING: AtomicBool = AtomicBool::new(false);
-
-/// Clears [`RUNNING`] however the request ends.
-struct Running;
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        RUNNING.store(false, Ordering::Release);
-    }
-}
-
 const DEFAULT_SECONDS: u64 = 30;
-const FREQUENCY_HZ: i32 = 100;
+/// Samples per second of CPU time, as Go takes them.
+const FREQUENCY_HZ: u32 = 100;
 
 pub(crate) async fn profile(
     State(s): State<Arc<Settings>>,
@@ -41,47 +30,51 @@ pub(crate) async fn profile(
     let wait = q.duration(s.max_seconds)?.unwrap_or(Duration::from_secs(
         DEFAULT_SECONDS.min(s.max_seconds.as_secs()),
     ));
-    if RUNNING.swap(true, Ordering::AcqRel) {
-        return Err(ProfileError::new(
+    let profiler = heapsight::own::run(heapsight::own::Part::CpuProfile, || {
+        heapsight::start_cpu_profile(FREQUENCY_HZ)
+    })
+    .map_err(|e| match e {
+        CpuProfileError::Busy => ProfileError::new(
             StatusCode::CONFLICT,
             "a CPU profile is already running in this process; try again when it ends",
-        ));
-    }
-    let running = Running;
-    let guard = pprof::ProfilerGuardBuilder::default()
-        .frequency(FREQUENCY_HZ)
-        .blocklist(&["libc", "libgcc", "pthread", "vdso"])
-        .build()
-        .map_err(|e| {
-            ProfileError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("Could not enable CPU profiling: {e}"),
-            )
-        })?;
+        ),
+        e => ProfileError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("Could not enable CPU profiling: {e}"),
+        ),
+    })?;
     // Dropped, and so cancelled (which stops the profiler), when the client goes away.
     tokio::time::sleep(wait).await;
-    let report = guard.report().build();
-    drop(guard);
-    drop(running);
-    let report = report.map_err(|e| {
-        ProfileError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("CPU profile failed: {e}"),
-        )
-    })?;
-    let body = blocking(&s, move || -> Result<Vec<u8>, String> {
-        let proto = report.pprof().map_err(|e| e.to_string())?;
-        let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::default());
-        gz.write_all(&proto.encode_to_vec())
-            .map_err(|e| e.to_string())?;
-        gz.finish().map_err(|e| e.to_string())
+    let body = blocking(&s, move || {
+        heapsight::own::run(heapsight::own::Part::CpuProfile, || {
+            cpu_profile(profiler.stop()).to_pprof_bytes()
+        })
     })
-    .await?
-    .map_err(|e| {
-        ProfileError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("CPU profile failed: {e}"),
-        )
-    })?;
+    .await?;
     Ok(attachment(body, "profile"))
+}
+
+/// The pprof profile of a CPU profile, as Go writes one: samples and CPU nanoseconds per stack.
+fn cpu_profile(cpu: heapsight::CpuProfile) -> Profile {
+    let period = cpu.period.as_nanos() as i64;
+    let lost = cpu.lost;
+    let mut p = Profile::from_stacks(
+        vec![
+            ValueType::new("samples", "count"),
+            ValueType::new("cpu", "nanoseconds"),
+        ],
+        ValueType::new("cpu", "nanoseconds"),
+        period,
+        cpu.start,
+        Some(cpu.duration),
+        cpu.stacks
+            .into_iter()
+            .map(|(frames, n)| (frames, vec![n as i64, n as i64 * period])),
+    );
+    if lost > 0 {
+        p.comments.push(format!(
+            "heapsight warning: {lost} CPU samples were lost: the profile's table of distinct stacks was full"
+        ));
+    }
+    p
 }

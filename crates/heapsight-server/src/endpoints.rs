@@ -4,7 +4,7 @@
 use crate::error::ProfileError;
 use crate::query::ProfileQuery;
 use crate::respond::{attachment, plain_text};
-use crate::state::{blocking, take_snapshot, Settings};
+use crate::state::{blocking, take_snapshot_of, Settings};
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{Method, StatusCode};
@@ -45,15 +45,15 @@ async fn heap_profile(
                 "too many delta profiles in progress; try again later",
             )
         })?;
-        let before = take_snapshot(s).await?;
+        let before = take_snapshot_of(s, q.own).await?;
         // Dropped, and so cancelled, when the client goes away.
         tokio::time::sleep(wait).await;
-        let delta = take_snapshot(s).await?.delta(&before);
+        let delta = take_snapshot_of(s, q.own).await?.delta(&before);
         let names = s.names_in_process;
         let body = blocking(s, move || profile_of(&delta, view, names).to_pprof_bytes()).await?;
         return Ok(attachment(body, &format!("{name}-delta")));
     }
-    let snapshot = take_snapshot(s).await?;
+    let snapshot = take_snapshot_of(s, q.own).await?;
     if q.debug != 0 {
         let text = blocking(s, move || {
             let mut out = Vec::new();
@@ -82,6 +82,7 @@ fn profile_of(snapshot: &heapsight::Snapshot, view: HeapView, names: bool) -> Pr
 }
 
 pub(crate) async fn index(State(s): State<Arc<Settings>>) -> Response {
+    let memory = crate::memory::Memory::now(&*s.source);
     let warnings: String = s
         .source
         .warnings()
@@ -96,7 +97,8 @@ pub(crate) async fn index(State(s): State<Arc<Settings>>) -> Response {
     Html(
         INDEX
             .replace("SOURCE", &html_escape(s.source.name()))
-            .replace("WARNINGS\n", &warnings),
+            .replace("WARNINGS\n", &warnings)
+            .replace("MEMORY", &html_escape(&memory.sentence())),
     )
     .into_response()
 }
@@ -111,6 +113,7 @@ WARNINGS
 for example <code>go tool pprof -http=:8081 http://HOST/debug/pprof/heap</code>.
 Add <code>debug=1</code> for the legacy text format, <code>seconds=N</code> for what changed over N seconds.</p>
 <p><a href="ui/"><strong>Open the web UI</strong></a>: flame graphs of the heap, growth in red.</p>
+<p id="memory">MEMORY Add <code>own=1</code> to a heap profile to see the profiler's own allocations, under <code>heapsight::own::*</code>.</p>
 <table>
 <tr><td><a href="allocs">allocs</a></td><td>A sample of every allocation since the process started, by call stack.</td></tr>
 <tr><td><a href="heap">heap</a></td><td>A sample of the allocations still in use, by call stack.</td></tr>

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 /// Default: one snapshot every 10 s for an hour.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_CAPACITY: usize = 360;
-pub const DEFAULT_MAX_BYTES: usize = 64 << 20;
+pub const DEFAULT_MAX_BYTES: usize = 4 << 20;
 
 /// One snapshot's totals over all stacks, for the timeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,8 +121,10 @@ impl History {
     /// the history are allocated with the source's sampling paused.
     pub(crate) fn record(&self) -> Option<u64> {
         let mut id = None;
-        self.source
-            .unprofiled(&mut || id = self.record_unprofiled());
+        heapsight::own::run(heapsight::own::Part::History, || {
+            self.source
+                .unprofiled(&mut || id = self.record_unprofiled())
+        });
         id
     }
 

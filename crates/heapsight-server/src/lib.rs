@@ -28,6 +28,7 @@ mod cpu;
 mod endpoints;
 mod error;
 mod history;
+mod memory;
 mod packed;
 mod query;
 mod respond;
@@ -47,6 +48,10 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 pub use heapsight::SnapshotSource;
+pub use history::{
+    DEFAULT_CAPACITY as DEFAULT_HISTORY_CAPACITY, DEFAULT_INTERVAL as DEFAULT_HISTORY_INTERVAL,
+    DEFAULT_MAX_BYTES as DEFAULT_HISTORY_MAX_BYTES,
+};
 
 /// The largest `seconds` a request may ask for, by default (as Go allows up to the server's
 /// write timeout).
@@ -169,7 +174,7 @@ impl Options {
 
     /// Snapshot history for the web UI: one snapshot every `interval`, at most `capacity` of
     /// them and `max_bytes` of memory, oldest dropped first. Default: every 10 s, for an hour,
-    /// within 64 MiB.
+    /// within 4 MiB (the profiler's whole budget is 8 MiB; see `docs/performance.md`).
     pub fn history(mut self, interval: Duration, capacity: usize, max_bytes: usize) -> Options {
         self.history_settings =
             Some((interval.max(Duration::from_millis(10)), capacity, max_bytes));
@@ -232,6 +237,7 @@ impl Options {
                     .layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)),
             )
             .route("/debug/pprof/ui/api/growing", get(api::growing::growing))
+            .route("/debug/pprof/ui/api/memory", get(memory::memory))
             .route("/debug/pprof/ui/api/folded", get(api::downloads::folded))
             .route(
                 "/debug/pprof/ui/api/flamegraph.svg",
@@ -245,6 +251,7 @@ impl Options {
                 auth::authorize,
             ))
             .layer(middleware::from_fn(respond::common_headers))
+            .layer(middleware::from_fn(respond::own_requests))
             .with_state(settings)
     }
 

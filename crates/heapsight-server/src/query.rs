@@ -10,6 +10,8 @@ pub struct ProfileQuery {
     pub seconds: Option<String>,
     /// `debug`: non-numeric values count as 0, as in Go.
     pub debug: i64,
+    /// `own=1`: include the profiler's own allocations, each under its part's root frame.
+    pub own: bool,
 }
 
 impl ProfileQuery {
@@ -23,6 +25,7 @@ impl ProfileQuery {
                     seen_debug = true;
                     q.debug = v.parse().unwrap_or(0);
                 }
+                "own" => q.own = v == "1" || v == "true",
                 _ => {}
             }
         }

@@ -47,14 +47,20 @@ pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ProfileError> {
     let source = s.source.clone();
-    tokio::task::spawn_blocking(move || unprofiled(&*source, f))
-        .await
-        .map_err(|e| {
-            ProfileError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("building the profile failed: {e}"),
-            )
-        })
+    tokio::task::spawn_blocking(move || {
+        let out = unprofiled(&*source, f);
+        // What building the answer freed goes back to the kernel, not into the C allocator's
+        // free lists, where it would stay counted in the process's memory.
+        heapsight::own::return_freed_memory();
+        out
+    })
+    .await
+    .map_err(|e| {
+        ProfileError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("building the profile failed: {e}"),
+        )
+    })
 }
 
 fn unprofiled<T>(source: &dyn SnapshotSource, f: impl FnOnce() -> T) -> T {
@@ -68,15 +74,28 @@ fn unprofiled<T>(source: &dyn SnapshotSource, f: impl FnOnce() -> T) -> T {
 /// another profiler writes its data out) and with sampling paused: the snapshot's own buffers
 /// are live while it scans the heap, and are the profiler's, not the service's.
 pub(crate) async fn take_snapshot(s: &Settings) -> Result<Snapshot, ProfileError> {
+    take_snapshot_of(s, false).await
+}
+
+/// As [`take_snapshot`]; with `own`, the profiler's own allocations are in it too.
+pub(crate) async fn take_snapshot_of(s: &Settings, own: bool) -> Result<Snapshot, ProfileError> {
     let source = s.source.clone();
-    let snapshot = tokio::task::spawn_blocking(move || unprofiled(&*source, || source.snapshot()))
-        .await
-        .map_err(|e| {
-            ProfileError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("taking a snapshot failed: {e}"),
-            )
-        })?;
+    let snapshot = tokio::task::spawn_blocking(move || {
+        unprofiled(&*source, || {
+            if own {
+                source.snapshot_with_own()
+            } else {
+                source.snapshot()
+            }
+        })
+    })
+    .await
+    .map_err(|e| {
+        ProfileError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("taking a snapshot failed: {e}"),
+        )
+    })?;
     Ok(snapshot?)
 }
 

@@ -33,10 +33,12 @@
 //! knows of symbols, profile formats or HTTP.
 
 mod clock;
+mod cpu;
 #[cfg(all(feature = "dwarf-unwind", target_arch = "x86_64"))]
 mod dwarf;
 mod live;
 mod os;
+pub mod own;
 mod poisson;
 mod region;
 mod sampler;
@@ -47,10 +49,12 @@ mod stacks;
 mod tables;
 mod unwind;
 
+pub use cpu::{start_cpu_profile, CpuProfile, CpuProfileError, CpuProfiler};
 pub use poisson::sample_weight;
 pub use sampler::{sample_rate, set_sample_rate, Sampler};
 pub use snapshot::{
-    snapshot, LiveBlock, SamplerStacks, Snapshot, StackFrames, StackId, StackTotals, OBJECT_UNIT,
+    snapshot, snapshot_with_own, LiveBlock, SamplerStacks, Snapshot, StackFrames, StackId,
+    StackTotals, OBJECT_UNIT,
 };
 pub use source::{SamplerSource, SnapshotSource, SourceError, SourceErrorKind};
 pub use stack_store::StackStore;

@@ -148,6 +148,17 @@ fn read(m: &Meta) -> LargeSample {
 /// Calls `f` with every block in the table. It reads every key (512 KiB) and takes no lock: a
 /// block inserted or removed while it runs may be seen either way, and one whose slot is reused
 /// meanwhile may be seen with its successor's record.
+/// Resident bytes of the table's two arrays (both are filled by hash, not densely).
+pub(crate) fn resident_bytes() -> usize {
+    match table() {
+        None => 0,
+        Some(t) => {
+            os::resident_bytes(t.keys.as_ptr() as usize, std::mem::size_of_val(t.keys))
+                + os::resident_bytes(t.meta.as_ptr() as usize, std::mem::size_of_val(t.meta))
+        }
+    }
+}
+
 pub(crate) fn each(mut f: impl FnMut(LargeSample)) {
     let Some(t) = table() else { return };
     for (key, meta) in t.keys.iter().zip(t.meta) {

@@ -55,3 +55,32 @@ pub(crate) unsafe fn unmap(ptr: NonNull<u8>, len: usize) {
     // SAFETY: guaranteed by the caller; munmap of a whole mapping we own cannot fail.
     unsafe { libc::munmap(ptr.as_ptr().cast(), len) };
 }
+
+/// How many bytes of the mapping `addr..addr + len` (page-aligned, from [`map_zeroed`]) are
+/// resident, as the kernel's `mincore` reports its pages. Allocates nothing.
+pub(crate) fn resident_bytes(addr: usize, len: usize) -> usize {
+    const PAGE: usize = 4096;
+    const CHUNK: usize = 4096;
+    let mut vec = [0u8; CHUNK];
+    let pages = len.div_ceil(PAGE);
+    let mut resident = 0;
+    let mut done = 0;
+    while done < pages {
+        let n = (pages - done).min(CHUNK);
+        // SAFETY: the range lies inside a mapping of ours and `vec` has room for `n` pages;
+        // mincore only writes `vec`.
+        let ok = unsafe {
+            libc::mincore(
+                (addr + done * PAGE) as *mut libc::c_void,
+                n * PAGE,
+                vec.as_mut_ptr().cast(),
+            )
+        } == 0;
+        if !ok {
+            return resident;
+        }
+        resident += vec[..n].iter().filter(|&&b| b & 1 != 0).count() * PAGE;
+        done += n;
+    }
+    resident
+}

@@ -303,6 +303,18 @@ pub(crate) fn live_slots(mut f: impl FnMut(u32, u32, u64, u32)) {
     }
 }
 
+/// Bytes of slot records in use: records are handed out densely from the start of each class's
+/// array, so this is what is resident of them, to within a page per class.
+pub(crate) fn meta_bytes() -> usize {
+    CLASSES
+        .iter()
+        .map(|c| {
+            let used = c.bumped.load(Ordering::Relaxed) as usize * std::mem::size_of::<SlotMeta>();
+            used.next_multiple_of(4096)
+        })
+        .sum()
+}
+
 /// Bytes of slots handed out and not yet returned, by class, for [`crate::Stats`].
 pub(crate) fn slots_ever_used_bytes() -> usize {
     CLASSES

@@ -25,6 +25,7 @@
 //! Must never: allocate through the global allocator (a per-thread guard stops the hook from
 //! sampling inside itself), take a lock, or panic.
 
+use crate::own::{self, OWN_SAMPLE_RATE};
 use crate::poisson::{self, Rng};
 use crate::stacks;
 use crate::tables::{
@@ -54,6 +55,8 @@ struct ThreadState {
     stack: Cell<StackBounds>,
     /// This thread's shard of the region's free lists, plus one; zero until first needed.
     shard: Cell<u32>,
+    /// The [`crate::own::Part`] this thread works in for the profiler, 0 for the service.
+    own: Cell<u8>,
 }
 
 thread_local! {
@@ -64,6 +67,7 @@ thread_local! {
             in_hook: Cell::new(false),
             stack: Cell::new(StackBounds { low: 0, high: 0 }),
             shard: Cell::new(0),
+            own: Cell::new(0),
         }
     };
 }
@@ -170,6 +174,28 @@ fn shard(t: &ThreadState) -> usize {
     }
 }
 
+/// The sample rate for this thread's allocations: the service's, or [`OWN_SAMPLE_RATE`] while
+/// it works for the profiler (off whenever the service's sampling is off).
+#[inline]
+fn rate_for(t: &ThreadState) -> usize {
+    let rate = SAMPLE_RATE.load(Ordering::Relaxed);
+    if t.own.get() != 0 && rate != 0 {
+        OWN_SAMPLE_RATE
+    } else {
+        rate
+    }
+}
+
+/// Draws the thread's next sample point afresh, at its current rate. Sample distances are
+/// memoryless, so a fresh draw is as unbiased as the one that was running.
+fn redraw(t: &ThreadState) {
+    if t.rng.get() != 0 {
+        let mut rng = Rng::new(t.rng.get());
+        t.countdown.set(next_countdown(&mut rng, rate_for(t)));
+        t.rng.set(rng.next_u64() | 1);
+    }
+}
+
 fn seed(t: &ThreadState) -> Rng {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -200,7 +226,7 @@ fn next_countdown(rng: &mut Rng, rate: usize) -> i64 {
 #[inline(never)]
 fn decide(size: usize) -> Option<u64> {
     THREAD.with(|t| {
-        let rate = SAMPLE_RATE.load(Ordering::Relaxed);
+        let rate = rate_for(t);
         if t.in_hook.get() {
             // Paused (or inside the hook): place the next sample point further on, so that the
             // paused thread does not come through here on every allocation.
@@ -219,6 +245,11 @@ fn decide(size: usize) -> Option<u64> {
             // parent to spawn one): set up later, by whichever thread sampled first, every
             // thread sampling meanwhile would lose its samples to the set-up.
             tables::ready();
+            // The thread's stack, known from its start: the CPU profiler's signal handler walks
+            // inside it and cannot ask for it (pthread_getattr_np is not async-signal-safe).
+            if t.stack.get().high == 0 {
+                t.stack.set(StackBounds::current());
+            }
             let mut rng = seed(t);
             let left = next_countdown(&mut rng, rate).saturating_sub(size as i64);
             t.rng.set(rng.next_u64() | 1);
@@ -327,7 +358,12 @@ impl<A: GlobalAlloc> Sampler<A> {
                 t.stack.set(bounds);
             }
             let mut frames = [0usize; MAX_DEPTH];
-            let (depth, truncated) = unwind::capture(bounds, &mut frames, frame_marker);
+            let (mut depth, truncated) = unwind::capture(bounds, &mut frames, frame_marker);
+            if t.own.get() != 0 {
+                // The profiler's own allocation: its part's marker goes outermost.
+                depth = (depth + 1).min(MAX_DEPTH);
+                frames[depth - 1] = own::marker_frame(t.own.get());
+            }
             if truncated {
                 TRUNCATED_STACKS.fetch_add(1, Ordering::Relaxed);
             }
@@ -557,32 +593,39 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Sampler<A> {
     }
 }
 
-/// Runs `f` with sampling paused on this thread, so that the profiler's own work (symbolizing,
-/// encoding) does not show up in the profiles it writes.
-///
-/// While paused, the thread's sample point is pushed at least 1 MiB ahead at every crossing.
-/// Resuming draws a fresh sample distance: sample distances are memoryless, so a fresh one is
-/// exactly as unbiased as the one that was running, whereas keeping the pushed one would skip
-/// the first megabyte the thread allocates after the pause.
-pub(crate) fn without_sampling<R>(f: impl FnOnce() -> R) -> R {
+/// Counts this thread's allocations from now on as the profiler's own, of part `part` (a
+/// [`crate::own::Part`] value): sampled at [`OWN_SAMPLE_RATE`], each stack marked with the
+/// part's frame. Returns the part the thread was in, for [`leave_own`]. Entering from the
+/// service's work (and leaving back to it) draws a fresh sample distance at the new rate.
+pub(crate) fn enter_own(part: u8) -> u8 {
     THREAD.with(|t| {
-        let was = t.in_hook.replace(true);
-        struct Restore<'a>(&'a ThreadState, bool);
-        impl Drop for Restore<'_> {
-            fn drop(&mut self) {
-                let t = self.0;
-                t.in_hook.set(self.1);
-                if !self.1 && t.rng.get() != 0 {
-                    let mut rng = Rng::new(t.rng.get());
-                    let rate = SAMPLE_RATE.load(Ordering::Relaxed);
-                    t.countdown.set(next_countdown(&mut rng, rate));
-                    t.rng.set(rng.next_u64() | 1);
-                }
-            }
+        let was = t.own.replace(part);
+        if was == 0 && !t.in_hook.get() {
+            redraw(t);
         }
-        let _restore = Restore(t, was);
-        f()
+        was
     })
+}
+
+/// Undoes [`enter_own`], given what it returned.
+pub(crate) fn leave_own(was: u8) {
+    THREAD.with(|t| {
+        let part = t.own.replace(was);
+        if (part == 0) != (was == 0) && !t.in_hook.get() {
+            redraw(t);
+        }
+    })
+}
+
+/// The calling thread's stack as the hook learned it, or empty bounds if it has not yet: only
+/// reads a thread-local, so a signal handler may call it.
+pub(crate) fn known_stack_bounds() -> StackBounds {
+    THREAD.with(|t| t.stack.get())
+}
+
+/// The raw [`crate::own::Part`] the calling thread works in, 0 for the service.
+pub(crate) fn own_part() -> u8 {
+    THREAD.with(|t| t.own.get())
 }
 
 /// Sets the mean number of bytes between samples, for every thread.
@@ -604,7 +647,7 @@ pub fn set_sample_rate(rate: usize) {
         } else {
             Rng::new(t.rng.get())
         };
-        t.countdown.set(next_countdown(&mut rng, rate));
+        t.countdown.set(next_countdown(&mut rng, rate_for(t)));
         t.rng.set(rng.next_u64() | 1);
     });
 }

@@ -9,7 +9,7 @@
 //! snapshot into a profile.
 
 use crate::poisson::{self, WEIGHT_ONE};
-use crate::{clock, live, region, stacks};
+use crate::{clock, live, own, region, stacks};
 use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -198,12 +198,33 @@ impl fmt::Debug for Snapshot {
 /// assert!(!delta.frames.frames(*id).is_empty());
 /// # drop(kept);
 /// ```
+///
+/// The profiler's own allocations (see [`crate::own`]) are left out; [`snapshot_with_own`]
+/// keeps them.
 pub fn snapshot() -> Snapshot {
+    take(false)
+}
+
+/// As [`snapshot`], with the profiler's own allocations too, each on a stack whose outermost
+/// frame names its part (`heapsight::own::symbolizer`, ...).
+pub fn snapshot_with_own() -> Snapshot {
+    take(true)
+}
+
+fn take(with_own: bool) -> Snapshot {
     let n = stacks::len();
     let mut out = Vec::new();
+    let mut own_stacks = Vec::new();
     for id in 0..n {
         let t = stacks::totals_if_any(id);
         let Some(t) = t else { continue };
+        if !with_own
+            && t.alloc_samples.load(Ordering::Relaxed) > 0
+            && own::part_of_stack(id).is_some()
+        {
+            own_stacks.push(id);
+            continue;
+        }
         // Acquire pairs with the Release in the sampler: frames are visible once a count is.
         let totals = StackTotals {
             alloc_samples: t.alloc_samples.load(Ordering::Acquire),
@@ -237,6 +258,9 @@ pub fn snapshot() -> Snapshot {
             weight_fx: s.weight_fx,
         })
     });
+    if !own_stacks.is_empty() {
+        blocks.retain(|b| own_stacks.binary_search(&b.stack.0).is_err());
+    }
     blocks.sort_unstable_by_key(|b| (b.stack, b.allocated));
     Snapshot {
         time: SystemTime::now(),

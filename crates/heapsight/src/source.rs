@@ -27,6 +27,18 @@ pub trait SnapshotSource: Send + Sync {
         work()
     }
 
+    /// As [`SnapshotSource::snapshot`], with the profiler's own allocations too, where the
+    /// source tells them apart (on stacks of their own); by default, the same as `snapshot`.
+    fn snapshot_with_own(&self) -> Result<Snapshot, SourceError> {
+        self.snapshot()
+    }
+
+    /// The profiler's own memory by part, where the source measures it (heapsight's sampler
+    /// does; see [`crate::own`]).
+    fn own_memory(&self) -> Option<crate::own::OwnMemory> {
+        None
+    }
+
     /// What is wrong with how this source records, in words a user can act on (stacks that
     /// come out short, say): the server's index page and UI show these.
     fn warnings(&self) -> Vec<String> {
@@ -45,6 +57,14 @@ impl<S: SnapshotSource + ?Sized> SnapshotSource for std::sync::Arc<S> {
 
     fn unprofiled(&self, work: &mut dyn FnMut()) {
         (**self).unprofiled(work)
+    }
+
+    fn snapshot_with_own(&self) -> Result<Snapshot, SourceError> {
+        (**self).snapshot_with_own()
+    }
+
+    fn own_memory(&self) -> Option<crate::own::OwnMemory> {
+        (**self).own_memory()
     }
 
     fn warnings(&self) -> Vec<String> {
@@ -84,7 +104,15 @@ impl SnapshotSource for SamplerSource {
     }
 
     fn unprofiled(&self, work: &mut dyn FnMut()) {
-        crate::sampler::without_sampling(work)
+        crate::own::run_or(crate::own::Part::Requests, work)
+    }
+
+    fn snapshot_with_own(&self) -> Result<Snapshot, SourceError> {
+        Ok(crate::snapshot_with_own())
+    }
+
+    fn own_memory(&self) -> Option<crate::own::OwnMemory> {
+        Some(crate::stats().own)
     }
 
     fn warnings(&self) -> Vec<String> {

@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 pub(crate) const MAX_STACKS: usize = 1 << 18;
 /// Frames kept in all stacks together.
 const MAX_FRAMES: usize = 1 << 23;
-const INDEX_LEN: usize = MAX_STACKS * 2;
 
 /// Running totals of one stack. Each is monotonic; in-use is allocations minus frees. One cache
 /// line, and alone on it: the hook writes it from whichever thread samples the stack, and
@@ -47,29 +46,203 @@ struct Entry {
     depth: AtomicU32,
 }
 
-struct Table {
+/// Interned stacks: an index, entries and frames, each in a mapping of its own, of fixed
+/// capacity. The sampler's table lives as long as the process; a CPU profile maps one for its
+/// own duration. What each stack counts lives beside it, in arrays indexed by its id.
+pub(crate) struct StackTable {
+    max_stacks: usize,
+    max_frames: usize,
+    index: AtomicUsize,
+    entries: AtomicUsize,
+    frames: AtomicUsize,
+    next_entry: AtomicU32,
+    next_frame: AtomicU32,
+}
+
+/// A mapped table's arrays.
+struct View<'a> {
+    table: &'a StackTable,
     index: *const AtomicU64,
     entries: *const Entry,
-    totals: *const Totals,
     frames: *const AtomicUsize,
 }
 
-static INDEX: AtomicUsize = AtomicUsize::new(0);
-static ENTRIES: AtomicUsize = AtomicUsize::new(0);
-static TOTALS: AtomicUsize = AtomicUsize::new(0);
-static FRAMES: AtomicUsize = AtomicUsize::new(0);
-static NEXT_ENTRY: AtomicU32 = AtomicU32::new(0);
-static NEXT_FRAME: AtomicU32 = AtomicU32::new(0);
+impl StackTable {
+    /// A table of `max_stacks` (a power of two) and `max_frames`, not yet mapped.
+    pub(crate) const fn new(max_stacks: usize, max_frames: usize) -> StackTable {
+        assert!(max_stacks.is_power_of_two() && max_stacks <= u32::MAX as usize / 2);
+        assert!(max_frames <= u32::MAX as usize);
+        StackTable {
+            max_stacks,
+            max_frames,
+            index: AtomicUsize::new(0),
+            entries: AtomicUsize::new(0),
+            frames: AtomicUsize::new(0),
+            next_entry: AtomicU32::new(0),
+            next_frame: AtomicU32::new(0),
+        }
+    }
 
-/// Maps the four arrays. Returns the address space reserved.
-pub(crate) fn init() -> Option<usize> {
-    let sizes = [
-        INDEX_LEN * std::mem::size_of::<AtomicU64>(),
-        MAX_STACKS * std::mem::size_of::<Entry>(),
-        MAX_STACKS * std::mem::size_of::<Totals>(),
-        MAX_FRAMES * std::mem::size_of::<AtomicUsize>(),
-    ];
-    let mut maps = [0usize; 4];
+    fn index_len(&self) -> usize {
+        self.max_stacks * 2
+    }
+
+    fn sizes(&self) -> [usize; 3] {
+        [
+            self.index_len() * std::mem::size_of::<AtomicU64>(),
+            self.max_stacks * std::mem::size_of::<Entry>(),
+            self.max_frames * std::mem::size_of::<AtomicUsize>(),
+        ]
+    }
+
+    /// Maps the arrays of a table that is not mapped. Returns the address space reserved.
+    pub(crate) fn map(&self) -> Option<usize> {
+        let sizes = self.sizes();
+        let maps = map_all(&sizes)?;
+        self.next_entry.store(0, Ordering::Relaxed);
+        self.next_frame.store(0, Ordering::Relaxed);
+        self.frames.store(maps[2], Ordering::Relaxed);
+        self.entries.store(maps[1], Ordering::Relaxed);
+        // Release: whoever sees the index sees the other arrays and the counters reset.
+        self.index.store(maps[0], Ordering::Release);
+        Some(sizes.iter().sum())
+    }
+
+    /// Unmaps the table's arrays; it is then empty until mapped again.
+    ///
+    /// # Safety
+    /// Nobody may be using the table, or start to before this returns, other than through
+    /// calls that find it unmapped.
+    pub(crate) unsafe fn unmap(&self) {
+        let index = self.index.swap(0, Ordering::AcqRel);
+        if index == 0 {
+            return;
+        }
+        let arrays = [
+            index,
+            self.entries.swap(0, Ordering::Relaxed),
+            self.frames.swap(0, Ordering::Relaxed),
+        ];
+        for (addr, len) in arrays.into_iter().zip(self.sizes()) {
+            if let Some(p) = std::ptr::NonNull::new(addr as *mut u8) {
+                // SAFETY: mapped by `map` with this length; the caller guarantees no user.
+                unsafe { os::unmap(p, len) };
+            }
+        }
+    }
+
+    fn view(&self) -> Option<View<'_>> {
+        let index = self.index.load(Ordering::Acquire);
+        if index == 0 {
+            return None;
+        }
+        Some(View {
+            table: self,
+            index: index as *const AtomicU64,
+            entries: self.entries.load(Ordering::Relaxed) as *const Entry,
+            frames: self.frames.load(Ordering::Relaxed) as *const AtomicUsize,
+        })
+    }
+
+    /// The id of `frames` (leaf first), adding it if it is new. Lock-free, allocation-free and
+    /// safe to call from a signal handler, even one that interrupted another `intern`.
+    pub(crate) fn intern(&self, frames: &[usize]) -> Result<u32, InternError> {
+        let t = self.view().ok_or(InternError::NoTable)?;
+        let len = self.index_len();
+        let h = hash(frames);
+        let tag = (h >> 32) as u32 | 1; // never zero, so a used slot is never 0
+        let mut pos = h as usize & (len - 1);
+        let mut new_id: Option<u32> = None;
+        for _ in 0..len {
+            let slot = t.slot(pos);
+            let mut word = slot.load(Ordering::Acquire);
+            if word == 0 {
+                let id = match new_id {
+                    Some(id) => id,
+                    None => {
+                        let id = t.append(frames)?;
+                        new_id = Some(id);
+                        id
+                    }
+                };
+                let mine = (tag as u64) << 32 | (id as u64 + 1);
+                // Release: the entry written by `append` is visible to whoever reads this word.
+                match slot.compare_exchange(0, mine, Ordering::Release, Ordering::Acquire) {
+                    Ok(_) => return Ok(id),
+                    Err(now) => word = now,
+                }
+            }
+            if (word >> 32) as u32 == tag {
+                let id = (word as u32) - 1;
+                if t.same_stack(id, frames) {
+                    // An entry appended for a lost race stays unused, with all-zero counts.
+                    return Ok(id);
+                }
+            }
+            pos = (pos + 1) & (len - 1);
+        }
+        Err(InternError::Full)
+    }
+
+    /// How many entries exist (some may be unused leftovers of lost races).
+    pub(crate) fn len(&self) -> u32 {
+        self.next_entry
+            .load(Ordering::Acquire)
+            .min(self.max_stacks as u32)
+    }
+
+    /// Calls `f` with the frames (return addresses, leaf first) of stack `id`.
+    pub(crate) fn with_frames<R>(
+        &self,
+        id: u32,
+        f: impl FnOnce(&mut dyn Iterator<Item = usize>) -> R,
+    ) -> R {
+        match self.view() {
+            Some(t) if id < self.len() => {
+                let e = t.entry(id);
+                let first = e.first_frame.load(Ordering::Relaxed);
+                let depth = e.depth.load(Ordering::Relaxed);
+                f(&mut (first..first + depth).map(|i| t.frame(i).load(Ordering::Relaxed)))
+            }
+            _ => f(&mut std::iter::empty()),
+        }
+    }
+
+    /// The outermost frame of stack `id`, if it has any.
+    pub(crate) fn last_frame(&self, id: u32) -> Option<usize> {
+        let t = self.view()?;
+        if id >= self.len() {
+            return None;
+        }
+        let e = t.entry(id);
+        let depth = e.depth.load(Ordering::Relaxed);
+        (depth > 0).then(|| {
+            t.frame(e.first_frame.load(Ordering::Relaxed) + depth - 1)
+                .load(Ordering::Relaxed)
+        })
+    }
+
+    /// Frames stored so far.
+    pub(crate) fn frames_used(&self) -> usize {
+        self.next_frame.load(Ordering::Relaxed) as usize
+    }
+
+    /// Resident bytes: the entries and frames in use (they are filled densely), and the
+    /// index's pages the kernel has made resident (its slots are scattered by hash).
+    pub(crate) fn resident_bytes(&self) -> usize {
+        let index = self.index.load(Ordering::Acquire);
+        if index == 0 {
+            return 0;
+        }
+        self.len() as usize * std::mem::size_of::<Entry>()
+            + self.frames_used() * std::mem::size_of::<usize>()
+            + os::resident_bytes(index, self.sizes()[0])
+    }
+}
+
+/// Maps one zeroed array per size, or none at all.
+fn map_all<const N: usize>(sizes: &[usize; N]) -> Option<[usize; N]> {
+    let mut maps = [0usize; N];
     for (i, len) in sizes.iter().enumerate() {
         match os::map_zeroed(*len) {
             Some(p) => maps[i] = p.as_ptr() as usize,
@@ -82,50 +255,26 @@ pub(crate) fn init() -> Option<usize> {
             }
         }
     }
-    FRAMES.store(maps[3], Ordering::Relaxed);
-    TOTALS.store(maps[2], Ordering::Relaxed);
-    ENTRIES.store(maps[1], Ordering::Relaxed);
-    // Release: whoever sees the index sees the other three arrays.
-    INDEX.store(maps[0], Ordering::Release);
-    Some(sizes.iter().sum())
+    Some(maps)
 }
 
-fn table() -> Option<Table> {
-    let index = INDEX.load(Ordering::Acquire);
-    if index == 0 {
-        return None;
-    }
-    Some(Table {
-        index: index as *const AtomicU64,
-        entries: ENTRIES.load(Ordering::Relaxed) as *const Entry,
-        totals: TOTALS.load(Ordering::Relaxed) as *const Totals,
-        frames: FRAMES.load(Ordering::Relaxed) as *const AtomicUsize,
-    })
-}
-
-impl Table {
-    fn slot(&self, i: usize) -> &'static AtomicU64 {
-        // SAFETY: callers mask `i` below INDEX_LEN; the index mapping is that long, zeroed
-        // (valid atomics) and never unmapped.
+impl View<'_> {
+    fn slot(&self, i: usize) -> &AtomicU64 {
+        debug_assert!(i < self.table.index_len());
+        // SAFETY: callers mask `i` below the index length; the mapping is that long, zeroed
+        // (valid atomics) and stays mapped while the table is in use.
         unsafe { &*self.index.add(i) }
     }
 
-    fn entry(&self, id: u32) -> &'static Entry {
-        debug_assert!((id as usize) < MAX_STACKS);
-        // SAFETY: ids are only created below MAX_STACKS; the mapping is that long, zeroed and
-        // never unmapped.
+    fn entry(&self, id: u32) -> &Entry {
+        debug_assert!((id as usize) < self.table.max_stacks);
+        // SAFETY: ids are only created below the table's stack capacity; as above.
         unsafe { &*self.entries.add(id as usize) }
     }
 
-    fn totals(&self, id: u32) -> &'static Totals {
-        debug_assert!((id as usize) < MAX_STACKS);
-        // SAFETY: as for `entry`; the mapping is page-aligned, so every record is 64-byte aligned.
-        unsafe { &*self.totals.add(id as usize) }
-    }
-
-    fn frame(&self, i: u32) -> &'static AtomicUsize {
-        debug_assert!((i as usize) < MAX_FRAMES);
-        // SAFETY: frame indices are only handed out below MAX_FRAMES; as above.
+    fn frame(&self, i: u32) -> &AtomicUsize {
+        debug_assert!((i as usize) < self.table.max_frames);
+        // SAFETY: frame indices are only handed out below the table's frame capacity.
         unsafe { &*self.frames.add(i as usize) }
     }
 
@@ -138,6 +287,30 @@ impl Table {
                 .iter()
                 .enumerate()
                 .all(|(i, &f)| self.frame(first + i as u32).load(Ordering::Relaxed) == f)
+    }
+
+    fn append(&self, frames: &[usize]) -> Result<u32, InternError> {
+        let t = self.table;
+        let id = t
+            .next_entry
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                ((n as usize) < t.max_stacks).then_some(n + 1)
+            })
+            .map_err(|_| InternError::Full)?;
+        let depth = frames.len() as u32;
+        let first = t
+            .next_frame
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                ((n as usize + depth as usize) <= t.max_frames).then_some(n + depth)
+            })
+            .map_err(|_| InternError::Full)?;
+        for (i, &f) in frames.iter().enumerate() {
+            self.frame(first + i as u32).store(f, Ordering::Relaxed);
+        }
+        let e = self.entry(id);
+        e.first_frame.store(first, Ordering::Relaxed);
+        e.depth.store(depth, Ordering::Relaxed);
+        Ok(id)
     }
 }
 
@@ -157,106 +330,67 @@ fn hash(frames: &[usize]) -> u64 {
 pub(crate) enum InternError {
     /// The tables were never mapped.
     NoTable,
-    /// [`MAX_STACKS`] distinct stacks or `MAX_FRAMES` frames are already stored.
+    /// The table's distinct stacks or frames are all used.
     Full,
 }
 
-/// The id of `frames` (leaf first), adding it if it is new.
-pub(crate) fn intern(frames: &[usize]) -> Result<u32, InternError> {
-    let t = table().ok_or(InternError::NoTable)?;
-    let h = hash(frames);
-    let tag = (h >> 32) as u32 | 1; // never zero, so a used slot is never 0
-    let mut pos = h as usize & (INDEX_LEN - 1);
-    let mut new_id: Option<u32> = None;
-    for _ in 0..INDEX_LEN {
-        let slot = t.slot(pos);
-        let mut word = slot.load(Ordering::Acquire);
-        if word == 0 {
-            let id = match new_id {
-                Some(id) => id,
-                None => {
-                    let id = append(&t, frames)?;
-                    new_id = Some(id);
-                    id
-                }
-            };
-            let mine = (tag as u64) << 32 | (id as u64 + 1);
-            // Release: the entry written by `append` is visible to whoever reads this word.
-            match slot.compare_exchange(0, mine, Ordering::Release, Ordering::Acquire) {
-                Ok(_) => return Ok(id),
-                Err(now) => word = now,
-            }
+/// The sampler's table, with each stack's [`Totals`] beside it.
+static HEAP: StackTable = StackTable::new(MAX_STACKS, MAX_FRAMES);
+static TOTALS: AtomicUsize = AtomicUsize::new(0);
+
+/// Maps the sampler's table. Returns the address space reserved.
+pub(crate) fn init() -> Option<usize> {
+    let len = MAX_STACKS * std::mem::size_of::<Totals>();
+    let totals = os::map_zeroed(len)?;
+    TOTALS.store(totals.as_ptr() as usize, Ordering::Release);
+    match HEAP.map() {
+        Some(n) => Some(n + len),
+        None => {
+            TOTALS.store(0, Ordering::Relaxed);
+            // SAFETY: mapped just above and published to nobody (no stack id exists yet).
+            unsafe { os::unmap(totals, len) };
+            None
         }
-        if (word >> 32) as u32 == tag {
-            let id = (word as u32) - 1;
-            if t.same_stack(id, frames) {
-                // An entry appended for a lost race stays unused, with all-zero totals.
-                return Ok(id);
-            }
-        }
-        pos = (pos + 1) & (INDEX_LEN - 1);
     }
-    Err(InternError::Full)
 }
 
-fn append(t: &Table, frames: &[usize]) -> Result<u32, InternError> {
-    let id = NEXT_ENTRY
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-            ((n as usize) < MAX_STACKS).then_some(n + 1)
-        })
-        .map_err(|_| InternError::Full)?;
-    let depth = frames.len() as u32;
-    let first = NEXT_FRAME
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-            ((n as usize + depth as usize) <= MAX_FRAMES).then_some(n + depth)
-        })
-        .map_err(|_| InternError::Full)?;
-    for (i, &f) in frames.iter().enumerate() {
-        t.frame(first + i as u32).store(f, Ordering::Relaxed);
-    }
-    let e = t.entry(id);
-    e.first_frame.store(first, Ordering::Relaxed);
-    e.depth.store(depth, Ordering::Relaxed);
-    Ok(id)
+/// The id of `frames` (leaf first) in the sampler's table, adding it if it is new.
+pub(crate) fn intern(frames: &[usize]) -> Result<u32, InternError> {
+    HEAP.intern(frames)
 }
 
 /// The running totals of a stack returned by [`intern`].
 pub(crate) fn totals(id: u32) -> &'static Totals {
-    let t = table().expect("a stack id exists only once the table does");
-    t.totals(id)
+    totals_if_any(id).expect("a stack id exists only once the table does")
 }
 
 /// How many entries exist (some may be unused leftovers of lost races, with zero totals).
 pub(crate) fn len() -> u32 {
-    NEXT_ENTRY.load(Ordering::Acquire).min(MAX_STACKS as u32)
+    HEAP.len()
 }
 
 /// Calls `f` with the frames (return addresses, leaf first) of stack `id`.
 pub(crate) fn with_frames<R>(id: u32, f: impl FnOnce(&mut dyn Iterator<Item = usize>) -> R) -> R {
-    match table() {
-        Some(t) if id < len() => {
-            let e = t.entry(id);
-            let first = e.first_frame.load(Ordering::Relaxed);
-            let depth = e.depth.load(Ordering::Relaxed);
-            f(&mut (first..first + depth).map(|i| t.frame(i).load(Ordering::Relaxed)))
-        }
-        _ => f(&mut std::iter::empty()),
-    }
+    HEAP.with_frames(id, f)
 }
 
-/// Frames stored so far, for [`crate::Stats`].
-pub(crate) fn frames_used() -> usize {
-    NEXT_FRAME.load(Ordering::Relaxed) as usize
+/// The outermost frame of stack `id`, if it has any.
+pub(crate) fn last_frame(id: u32) -> Option<usize> {
+    HEAP.last_frame(id)
+}
+
+/// Bytes of the table and its totals that are resident, for [`crate::Stats`].
+pub(crate) fn resident_bytes() -> usize {
+    HEAP.resident_bytes() + len() as usize * std::mem::size_of::<Totals>()
 }
 
 /// Bytes of the entry, counters and frame arrays in use (the parts that grow with distinct
 /// stacks).
 pub(crate) fn bytes_used() -> usize {
     len() as usize * (std::mem::size_of::<Entry>() + std::mem::size_of::<Totals>())
-        + frames_used() * std::mem::size_of::<usize>()
+        + HEAP.frames_used() * std::mem::size_of::<usize>()
 }
 
-/// The totals of entry `id` if it exists (ids up to [`len`]).
 /// Samples recorded over all stacks.
 pub(crate) fn samples() -> u64 {
     (0..len())
@@ -265,7 +399,13 @@ pub(crate) fn samples() -> u64 {
         .sum()
 }
 
+/// The totals of entry `id` if it exists (ids up to [`len`]).
 pub(crate) fn totals_if_any(id: u32) -> Option<&'static Totals> {
-    let t = table()?;
-    (id < len()).then(|| t.totals(id))
+    let totals = TOTALS.load(Ordering::Acquire) as *const Totals;
+    if totals.is_null() || id >= len() {
+        return None;
+    }
+    // SAFETY: ids below `len()` are below MAX_STACKS; the mapping is that long, zeroed (valid
+    // atomics), page-aligned (so every record is 64-byte aligned) and never unmapped.
+    Some(unsafe { &*totals.add(id as usize) })
 }

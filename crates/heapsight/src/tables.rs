@@ -125,6 +125,8 @@ pub struct Stats {
     /// Of those, samples whose stack had three frames or fewer: most of them means the unwinder
     /// cannot walk this binary's stacks (see [`Stats::short_stacks`]).
     pub shallow_samples: u64,
+    /// The profiler's own memory, by part (see [`crate::own`]).
+    pub own: crate::own::OwnMemory,
 }
 
 /// What [`Stats::short_stacks`] says, and the index page, the UI and the profiles' comments with it.
@@ -188,5 +190,15 @@ pub fn stats() -> Stats {
         dwarf_fallbacks: DWARF_FALLBACKS.load(Ordering::Relaxed),
         samples: stacks::samples(),
         shallow_samples: SHALLOW_SAMPLES.load(Ordering::Relaxed),
+        own: crate::own::memory(),
     }
+}
+
+/// Resident bytes of the hook's mapped tables: the stack table, the large-sample table and the
+/// sampled slots' records (not the sampled blocks themselves, which are the service's).
+pub(crate) fn resident_bytes() -> usize {
+    if STATE.load(Ordering::Acquire) != READY {
+        return 0;
+    }
+    stacks::resident_bytes() + live::resident_bytes() + region::meta_bytes()
 }

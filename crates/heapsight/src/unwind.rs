@@ -57,7 +57,7 @@ pub fn set_unwinder(unwinder: Unwinder) -> bool {
         Unwinder::Dwarf if !DWARF_AVAILABLE => return false,
         #[cfg(all(feature = "dwarf-unwind", target_arch = "x86_64"))]
         // Its tables are the profiler's memory: built with sampling paused.
-        Unwinder::Dwarf => crate::sampler::without_sampling(crate::dwarf::prepare),
+        Unwinder::Dwarf => crate::own::run(crate::own::Part::Tables, crate::dwarf::prepare),
         _ => {}
     }
     UNWINDER.store(unwinder as u8, Ordering::Relaxed);
@@ -189,9 +189,21 @@ fn frame_pointer() -> usize {
 /// end of the chain, at the first frame outside `bounds`, or when `out` is full (`truncated`).
 #[inline(always)]
 pub(crate) fn walk(bounds: StackBounds, out: &mut [usize]) -> (usize, bool) {
-    let mut fp = frame_pointer();
+    let fp = frame_pointer();
     // The walk starts in the caller's own frame, so the lowest legal frame is the one we are in.
-    let low = bounds.low.max(fp);
+    walk_from(fp, bounds.low.max(fp), bounds.high, out)
+}
+
+/// As [`walk`], from the frame record at `fp`, reading only inside `[low, high)`: a stack, or
+/// the part of one above an interrupted stack pointer.
+#[inline(always)]
+pub(crate) fn walk_from(
+    mut fp: usize,
+    low: usize,
+    high: usize,
+    out: &mut [usize],
+) -> (usize, bool) {
+    let bounds = StackBounds { low, high };
     let mut n = 0;
     while n < out.len() {
         // A frame record is two words, 8- or 16-byte aligned, strictly inside the stack.
