@@ -29,6 +29,7 @@
 //! its source ([`heapsight::SnapshotSource::unprofiled`]), as the functions below do for the
 //! sampler.
 
+mod debug_info;
 mod folded;
 pub mod growth;
 mod legacy;

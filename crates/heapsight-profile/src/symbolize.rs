@@ -10,6 +10,7 @@
 //! symbolizer held when it kept them), so a service whose stacks are known pays for names, not
 //! for debug info.
 
+use crate::debug_info::DebugInfo;
 use heapsight::own::{self, Part};
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt as _;
@@ -55,7 +56,7 @@ struct Object {
     /// Added to a file (stated) address to get the address in memory.
     bias: u64,
     /// Open while a lookup needs it; dropped by [`Symbolizer::release_debug_info`].
-    loader: Option<addr2line::Loader>,
+    loader: Option<DebugInfo>,
     /// Opening failed once: the object has nothing to read.
     unreadable: bool,
 }
@@ -438,38 +439,26 @@ fn crc32_of(path: &Path) -> Option<u32> {
 
 fn lookup(obj: &mut Object, addr: u64) -> Vec<Frame> {
     if obj.loader.is_none() && !obj.unreadable {
-        obj.loader = addr2line::Loader::new(&obj.debug_path).ok();
+        obj.loader = DebugInfo::open(&obj.debug_path);
         obj.unreadable = obj.loader.is_none();
     }
-    let Some(loader) = &obj.loader else {
+    let Some(loader) = &mut obj.loader else {
         return Vec::new();
     };
     let probe = addr.wrapping_sub(obj.bias);
-    let mut out = Vec::new();
-    if let Ok(mut frames) = loader.find_frames(probe) {
-        while let Ok(Some(frame)) = frames.next() {
-            let Some(func) = frame.function.as_ref() else {
-                continue;
-            };
-            let raw = func.raw_name().map(|n| n.into_owned()).unwrap_or_default();
-            if raw.is_empty() {
-                continue;
-            }
-            let (file, line) = match frame.location {
-                Some(loc) => (loc.file.map(Arc::from), loc.line.unwrap_or(0)),
-                None => (None, 0),
-            };
-            out.push(Frame {
-                function: demangle(&raw).into(),
-                system_name: raw.into(),
-                file,
-                line,
-            });
-        }
-    }
+    let mut out: Vec<Frame> = loader
+        .frames(probe)
+        .into_iter()
+        .map(|f| Frame {
+            function: demangle(&f.name).into(),
+            system_name: f.name.into(),
+            file: f.file.map(Arc::from),
+            line: f.line,
+        })
+        .collect();
     // The symbol table names the function the address is really in with its full path, while
     // DWARF built with line tables only knows short names ("insert" for "cache::Map::insert").
-    if let Some(sym) = loader.find_symbol(probe) {
+    if let Some(sym) = loader.symbol(probe) {
         match out.last_mut() {
             Some(outer)
                 if !outer.function.contains("::") || outer.system_name == outer.function =>

@@ -241,10 +241,7 @@ struct ItemsQuery {
 
 /// `GET /items?n=`: `n` items as JSON; every 16th answer's items are kept in the cache (at most
 /// 256 entries, replaced as keys repeat).
-async fn items(
-    State(cache): State<Cache>,
-    Query(q): Query<ItemsQuery>,
-) -> Vec<u8> {
+async fn items(State(cache): State<Cache>, Query(q): Query<ItemsQuery>) -> Vec<u8> {
     let n = q.n.min(500);
     let items: Vec<Item> = (0..n)
         .map(|i| Item {

@@ -170,7 +170,13 @@ macro_rules! markers {
         )*
     };
 }
-markers!(tables = 1, symbolizer = 2, history = 3, requests = 4, cpu_profile = 5);
+markers!(
+    tables = 1,
+    symbolizer = 2,
+    history = 3,
+    requests = 4,
+    cpu_profile = 5
+);
 
 /// The frame recorded outermost for `part` (a raw [`Part`] value): its marker's address plus
 /// one, as a return address into it would be, so that symbolizers name the marker.
