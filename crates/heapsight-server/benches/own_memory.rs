@@ -52,11 +52,8 @@ fn compare(quick: bool) {
         c.spawn().unwrap()
     };
     let (off, on) = (run("off"), run("on"));
-    let read = |child: std::process::Child| -> Vec<(String, u64, u64, u64)> {
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "a service failed");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
+    let parse = |text: &str| -> Vec<(String, u64, u64, u64)> {
+        text.lines()
             .filter_map(|l| {
                 let f: Vec<&str> = l.split('\t').collect();
                 (f.len() == 5 && f[0] == "step").then(|| {
@@ -70,7 +67,15 @@ fn compare(quick: bool) {
             })
             .collect()
     };
-    let (off, on) = (read(off), read(on));
+    let read = |child: std::process::Child| {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "the service failed");
+        parse(&String::from_utf8_lossy(&out.stdout))
+    };
+    let out_on = on.wait_with_output().unwrap();
+    assert!(out_on.status.success(), "the profiled service failed");
+    let text_on = String::from_utf8_lossy(&out_on.stdout).into_owned();
+    let (off, on) = (read(off), parse(&text_on));
     println!(
         "heapsight's own memory in an axum JSON service under load (RSS from /proc/self/status)"
     );
@@ -93,6 +98,9 @@ fn compare(quick: bool) {
             mib(*own),
             if within { "within" } else { "OVER" }
         );
+    }
+    if let Some(parts) = text_on.lines().find_map(|l| l.strip_prefix("parts\t")) {
+        println!("the profiler's own memory by part at the end (heapsight::stats().own): {parts}");
     }
     if over {
         std::process::exit(1);
@@ -185,6 +193,13 @@ fn service(profiled: bool, quick: bool) {
         eprintln!("history: {held} snapshots held");
     }
     report("an hour of history (360 snapshots)");
+    let own = heapsight::stats().own;
+    let parts: Vec<String> = own
+        .parts()
+        .iter()
+        .map(|(p, b)| format!("{} {}", p.name(), mib(*b)))
+        .collect();
+    println!("parts\t{}", parts.join(", "));
 }
 
 /// One request to the profiler's endpoint, or as long a pause without one.

@@ -56,6 +56,18 @@ pub(crate) unsafe fn unmap(ptr: NonNull<u8>, len: usize) {
     unsafe { libc::munmap(ptr.as_ptr().cast(), len) };
 }
 
+/// Gives the pages of `addr..addr + len` (page-aligned, inside a mapping of ours that nobody is
+/// using) back to the kernel: they stay mapped, and read as zeros when next touched.
+///
+/// # Safety
+/// The range must lie inside a mapping from [`map_zeroed`] or [`map_zeroed_at`], and no one may
+/// rely on its contents.
+pub(crate) unsafe fn release(addr: usize, len: usize) {
+    // SAFETY: guaranteed by the caller; MADV_DONTNEED on a private anonymous mapping only drops
+    // its pages.
+    unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_DONTNEED) };
+}
+
 /// How many bytes of the mapping `addr..addr + len` (page-aligned, from [`map_zeroed`]) are
 /// resident, as the kernel's `mincore` reports its pages. Allocates nothing.
 pub(crate) fn resident_bytes(addr: usize, len: usize) -> usize {

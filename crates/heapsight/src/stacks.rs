@@ -14,6 +14,14 @@
 use crate::os;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
+/// Slots in the index's first tier: one page. Each further tier is twice the last, so that the
+/// index's resident pages grow with the stacks stored, not with the table's capacity: a hash
+/// index over the whole capacity touches a page per stack until all of its pages are resident
+/// (4 MiB for the sampler's, reached at a few thousand stacks).
+const INDEX_TIER0: usize = 512;
+/// Slots of a tier a stack may take before its probe sequence moves to the next tier.
+const INDEX_PROBES: usize = 8;
+
 /// Distinct stacks kept; further new stacks are counted as dropped samples.
 pub(crate) const MAX_STACKS: usize = 1 << 18;
 /// Frames kept in all stacks together.
@@ -83,8 +91,18 @@ impl StackTable {
         }
     }
 
+    /// Tiers of the index: `INDEX_TIER0 << t` slots each, the last at least twice the table's
+    /// capacity of stacks.
+    fn tiers(&self) -> u32 {
+        let mut t = 1;
+        while INDEX_TIER0 << (t - 1) < self.max_stacks * 2 {
+            t += 1;
+        }
+        t
+    }
+
     fn index_len(&self) -> usize {
-        self.max_stacks * 2
+        INDEX_TIER0 * ((1 << self.tiers()) - 1)
     }
 
     fn sizes(&self) -> [usize; 3] {
@@ -148,38 +166,50 @@ impl StackTable {
     /// safe to call from a signal handler, even one that interrupted another `intern`.
     pub(crate) fn intern(&self, frames: &[usize]) -> Result<u32, InternError> {
         let t = self.view().ok_or(InternError::NoTable)?;
-        let len = self.index_len();
         let h = hash(frames);
         let tag = (h >> 32) as u32 | 1; // never zero, so a used slot is never 0
-        let mut pos = h as usize & (len - 1);
         let mut new_id: Option<u32> = None;
-        for _ in 0..len {
-            let slot = t.slot(pos);
-            let mut word = slot.load(Ordering::Acquire);
-            if word == 0 {
-                let id = match new_id {
-                    Some(id) => id,
-                    None => {
-                        let id = t.append(frames)?;
-                        new_id = Some(id);
-                        id
+        let tiers = self.tiers();
+        // One probe sequence through the tiers: a window of INDEX_PROBES slots in each but the
+        // last, then the whole last tier. A stack is published in the first empty slot of its
+        // sequence, so every lookup of it meets it before any empty slot.
+        for tier in 0..tiers {
+            let size = INDEX_TIER0 << tier;
+            let start = INDEX_TIER0 * ((1 << tier) - 1);
+            let base = h.rotate_left(tier * 7) as usize;
+            let probes = if tier + 1 == tiers {
+                size
+            } else {
+                INDEX_PROBES
+            };
+            for j in 0..probes {
+                let slot = t.slot(start + (base.wrapping_add(j) & (size - 1)));
+                let mut word = slot.load(Ordering::Acquire);
+                if word == 0 {
+                    let id = match new_id {
+                        Some(id) => id,
+                        None => {
+                            let id = t.append(frames)?;
+                            new_id = Some(id);
+                            id
+                        }
+                    };
+                    let mine = (tag as u64) << 32 | (id as u64 + 1);
+                    // Release: the entry written by `append` is visible to whoever reads this
+                    // word.
+                    match slot.compare_exchange(0, mine, Ordering::Release, Ordering::Acquire) {
+                        Ok(_) => return Ok(id),
+                        Err(now) => word = now,
                     }
-                };
-                let mine = (tag as u64) << 32 | (id as u64 + 1);
-                // Release: the entry written by `append` is visible to whoever reads this word.
-                match slot.compare_exchange(0, mine, Ordering::Release, Ordering::Acquire) {
-                    Ok(_) => return Ok(id),
-                    Err(now) => word = now,
+                }
+                if (word >> 32) as u32 == tag {
+                    let id = (word as u32) - 1;
+                    if t.same_stack(id, frames) {
+                        // An entry appended for a lost race stays unused, with all-zero counts.
+                        return Ok(id);
+                    }
                 }
             }
-            if (word >> 32) as u32 == tag {
-                let id = (word as u32) - 1;
-                if t.same_stack(id, frames) {
-                    // An entry appended for a lost race stays unused, with all-zero counts.
-                    return Ok(id);
-                }
-            }
-            pos = (pos + 1) & (len - 1);
         }
         Err(InternError::Full)
     }
@@ -408,4 +438,37 @@ pub(crate) fn totals_if_any(id: u32) -> Option<&'static Totals> {
     // SAFETY: ids below `len()` are below MAX_STACKS; the mapping is that long, zeroed (valid
     // atomics), page-aligned (so every record is 64-byte aligned) and never unmapped.
     Some(unsafe { &*totals.add(id as usize) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stack_has_one_id_and_the_index_grows_with_the_stacks() {
+        let table = StackTable::new(1 << 14, 1 << 18);
+        assert!(table.map().is_some());
+        let stack = |i: usize| [0x1000 + i, 0x2000 + i * 7, 0x3000];
+        // A few hundred stacks touch a few pages of the index, not all of it.
+        for i in 0..300 {
+            assert_eq!(table.intern(&stack(i)), Ok(i as u32));
+        }
+        let index = os::resident_bytes(table.index.load(Ordering::Relaxed), table.sizes()[0]);
+        assert!(
+            index <= 16 << 10,
+            "{index} bytes of index resident for 300 stacks"
+        );
+        // Filled to its capacity, every stack still has its own id and keeps it.
+        for i in 300..(1 << 14) {
+            assert_eq!(table.intern(&stack(i)), Ok(i as u32), "stack {i}");
+        }
+        for i in (0..(1 << 14)).step_by(97) {
+            assert_eq!(table.intern(&stack(i)), Ok(i as u32));
+            assert_eq!(table.last_frame(i as u32), Some(0x3000));
+        }
+        assert_eq!(table.intern(&[1, 2, 3]), Err(InternError::Full));
+        // SAFETY: nothing else uses this table.
+        unsafe { table.unmap() };
+        assert_eq!(table.intern(&stack(1)), Err(InternError::NoTable));
+    }
 }
