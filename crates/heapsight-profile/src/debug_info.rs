@@ -80,6 +80,9 @@ unsafe impl gimli::CloneStableDeref for Bytes {}
 
 type Reader = gimli::EndianReader<gimli::RunTimeEndian, Bytes>;
 
+/// A unit's `(offset, length)` in `.debug_info`.
+type UnitSpan = (usize, usize);
+
 /// One object's debug info.
 pub(crate) struct DebugInfo {
     /// Every section whole; a unit's context gets a copy with `debug_info` cut to the unit.
@@ -92,7 +95,7 @@ pub(crate) struct DebugInfo {
     /// Contexts made so far, by the unit that holds the code, with the units each includes.
     units: HashMap<usize, (Vec<usize>, addr2line::Context<Reader>)>,
     /// Every unit's `(offset, length)` in `.debug_info`, sorted.
-    unit_spans: Vec<(usize, usize)>,
+    unit_spans: Vec<UnitSpan>,
     /// `(address, name start, name length)` of the symbol table's functions, sorted, the names
     /// in `map`.
     symbols: Vec<(u64, u32, u32)>,
@@ -264,13 +267,6 @@ impl DebugInfo {
         true
     }
 
-    /// Bytes of memory the index and the symbol table take (the unit contexts are not counted).
-    #[cfg(test)]
-    pub(crate) fn index_bytes(&self) -> usize {
-        self.aranges.len() * std::mem::size_of::<(u64, u64, usize)>()
-            + self.symbols.len() * std::mem::size_of::<(u64, u32, u32)>()
-    }
-
     /// The sections, with `.debug_info` holding only the units at `units` (sorted; all of
     /// them for `None`).
     ///
@@ -348,9 +344,9 @@ impl DebugInfo {
 /// (one per function, with function sections) are merged where they touch, then neighbouring
 /// ranges of the same unit are merged across the gap between them, which holds no other unit's
 /// code: for the demo, 310,000 ranges become a few thousand.
-fn unit_ranges(dwarf: &gimli::Dwarf<Reader>) -> (Vec<(u64, u64, usize)>, Vec<(usize, usize)>) {
+fn unit_ranges(dwarf: &gimli::Dwarf<Reader>) -> (Vec<(u64, u64, usize)>, Vec<UnitSpan>) {
     let mut all: Vec<(u64, u64, usize)> = Vec::new();
-    let mut spans: Vec<(usize, usize)> = Vec::new();
+    let mut spans: Vec<UnitSpan> = Vec::new();
     let mut headers = dwarf.units();
     let mut local: Vec<(u64, u64)> = Vec::new();
     while let Ok(Some(header)) = headers.next() {

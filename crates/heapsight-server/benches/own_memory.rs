@@ -10,7 +10,8 @@
 //! snapshots it keeps, not on how fast they came.
 //!
 //! Run with `cargo bench -p heapsight-server --bench own_memory` (`-- quick` for a shorter
-//! scraping step). Exits non-zero when a step is over budget.
+//! scraping step, `-- scrape=SECONDS` for another length). Exits non-zero when a step is over
+//! budget.
 
 mod http;
 
@@ -33,15 +34,18 @@ const HISTORY_INTERVAL: Duration = Duration::from_millis(50);
 
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
+    let scrape: Vec<String> = std::env::args()
+        .filter(|a| a.starts_with("scrape="))
+        .collect();
     match std::env::var(ROLE).as_deref() {
         Ok("off") => service(false, quick),
         Ok("on") => service(true, quick),
-        _ => compare(quick),
+        _ => compare(quick, &scrape),
     }
 }
 
 /// Runs both services at once and prints their figures step by step.
-fn compare(quick: bool) {
+fn compare(quick: bool, scrape: &[String]) {
     let exe = std::env::current_exe().unwrap();
     let run = |role: &str| {
         let mut c = Command::new(&exe);
@@ -49,6 +53,7 @@ fn compare(quick: bool) {
         if quick {
             c.arg("quick");
         }
+        c.args(scrape);
         c.spawn().unwrap()
     };
     let (off, on) = (run("off"), run("on"));
@@ -162,7 +167,11 @@ fn service(profiled: bool, quick: bool) {
             path.trim_start_matches("/debug/pprof/").to_string()
         });
     }
-    let scraping = Duration::from_secs(if quick { 6 } else { 20 });
+    let scraping = Duration::from_secs(
+        std::env::args()
+            .find_map(|a| a.strip_prefix("scrape=").and_then(|n| n.parse().ok()))
+            .unwrap_or(if quick { 6 } else { 20 }),
+    );
     let until = Instant::now() + scraping;
     let mut peak = (0, 0);
     while Instant::now() < until {

@@ -72,7 +72,19 @@ pub(crate) struct SlotMeta {
 /// Freed slots this large give their pages back to the kernel, so that the region's resident
 /// memory follows the sampled blocks in use, not the most ever in use. Smaller slots share
 /// pages and are kept for reuse.
-const RELEASE_SLOTS_FROM: usize = 16 << 10;
+const RELEASE_CLASSES_FROM: usize = (14 - MIN_CLASS_SHIFT) as usize; // 16 KiB slots
+
+/// Gives a freed slot's pages back to the kernel (see [`RELEASE_CLASSES_FROM`]).
+#[cold]
+#[inline(never)]
+fn release_slot(class: usize, index: u32) {
+    let size = slot_size(class);
+    let slot = BASE.load(Ordering::Relaxed) + class * SPAN + index as usize * size;
+    // SAFETY: the slot is page-aligned (slots are aligned to their size), lies inside the
+    // region's mapping, and is no one's until its free pushes it; its pages read as zeros
+    // afterwards, which every user of a slot allows for (zeroed allocations clear it anyway).
+    unsafe { os::release(slot, size) };
+}
 
 /// Free lists per class. A power of two; threads are spread over them by [`alloc`]'s and
 /// [`free`]'s `shard` argument.
@@ -251,13 +263,8 @@ pub(crate) fn free(ptr: *mut u8, shard: usize) {
     let head_of = &CLASSES[class].heads[shard % SHARDS].0;
     let meta = meta_ptr(class, index);
     meta.allocated.store(0, Ordering::Relaxed);
-    let size = slot_size(class);
-    if size >= RELEASE_SLOTS_FROM {
-        let slot = BASE.load(Ordering::Relaxed) + class * SPAN + index as usize * size;
-        // SAFETY: the slot is page-aligned (slots are aligned to their size), lies inside the
-        // region's mapping, and is no one's until it is pushed below; its pages read as zeros
-        // afterwards, which every user of a slot allows for (zeroed allocations clear it anyway).
-        unsafe { os::release(slot, size) };
+    if class >= RELEASE_CLASSES_FROM {
+        release_slot(class, index);
     }
     let mut head = head_of.load(Ordering::Relaxed);
     loop {

@@ -20,9 +20,10 @@ pub trait SnapshotSource: Send + Sync {
     /// [`Snapshot::delta`].
     fn snapshot(&self) -> Result<Snapshot, SourceError>;
 
-    /// Runs `work` with this source's sampling paused on the calling thread, so that the
-    /// profiler's own work (symbolizing, building profiles and trees) stays out of the heap it
-    /// profiles. The symbolizer's caches, for one, are the profiler's memory, not the service's.
+    /// Runs `work` as the profiler's own work on the calling thread, so that what it allocates
+    /// (symbols, profiles and trees being built) stays out of the heap it profiles: heapsight's
+    /// sampler counts it as its own ([`crate::own`], `Part::Requests` unless the thread is in a
+    /// part already), jemalloc's profiler is paused on the thread.
     fn unprofiled(&self, work: &mut dyn FnMut()) {
         work()
     }
@@ -83,7 +84,7 @@ impl<S: SnapshotSource + ?Sized> SnapshotSource for std::sync::Arc<S> {
 ///
 /// heapsight::set_sample_rate(1);
 /// let before = SamplerSource.snapshot().expect("the sampler is always available");
-/// // The profiler's own work, paused: none of it is sampled.
+/// // The profiler's own work: counted as the profiler's, not in the service's heap.
 /// let mut scratch = Vec::new();
 /// SamplerSource.unprofiled(&mut || scratch = vec![0u8; 1 << 20]);
 /// let kept = vec![0u8; 1 << 20];

@@ -60,6 +60,8 @@ struct Entry {
 pub(crate) struct StackTable {
     max_stacks: usize,
     max_frames: usize,
+    /// Tiers of the index (see [`INDEX_TIER0`]).
+    tiers: u32,
     index: AtomicUsize,
     entries: AtomicUsize,
     frames: AtomicUsize,
@@ -83,6 +85,7 @@ impl StackTable {
         StackTable {
             max_stacks,
             max_frames,
+            tiers: StackTable::tiers_for(max_stacks),
             index: AtomicUsize::new(0),
             entries: AtomicUsize::new(0),
             frames: AtomicUsize::new(0),
@@ -93,12 +96,16 @@ impl StackTable {
 
     /// Tiers of the index: `INDEX_TIER0 << t` slots each, the last at least twice the table's
     /// capacity of stacks.
-    fn tiers(&self) -> u32 {
+    const fn tiers_for(max_stacks: usize) -> u32 {
         let mut t = 1;
-        while INDEX_TIER0 << (t - 1) < self.max_stacks * 2 {
+        while INDEX_TIER0 << (t - 1) < max_stacks * 2 {
             t += 1;
         }
         t
+    }
+
+    fn tiers(&self) -> u32 {
+        self.tiers
     }
 
     fn index_len(&self) -> usize {
@@ -173,15 +180,9 @@ impl StackTable {
         // One probe sequence through the tiers: a window of INDEX_PROBES slots in each but the
         // last, then the whole last tier. A stack is published in the first empty slot of its
         // sequence, so every lookup of it meets it before any empty slot.
-        for tier in 0..tiers {
-            let size = INDEX_TIER0 << tier;
-            let start = INDEX_TIER0 * ((1 << tier) - 1);
-            let base = h.rotate_left(tier * 7) as usize;
-            let probes = if tier + 1 == tiers {
-                size
-            } else {
-                INDEX_PROBES
-            };
+        let (mut start, mut size, mut base) = (0, INDEX_TIER0, h as usize);
+        for tier in 1..=tiers {
+            let probes = if tier == tiers { size } else { INDEX_PROBES };
             for j in 0..probes {
                 let slot = t.slot(start + (base.wrapping_add(j) & (size - 1)));
                 let mut word = slot.load(Ordering::Acquire);
@@ -210,6 +211,9 @@ impl StackTable {
                     }
                 }
             }
+            start += size;
+            size <<= 1;
+            base = base.rotate_left(7);
         }
         Err(InternError::Full)
     }
