@@ -36,7 +36,7 @@ const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as 
 /** "profiler 3.1 MiB of 48.2 MiB (tables 2.0, symbolizer 0.9, history 0.2)". */
 export function memoryText(m: Memory): string {
   const mib = (b: number) => (b / (1 << 20)).toFixed(1);
-  if (!m.profiler) return m.rss_anon === null ? "" : `process ${mib(m.rss_anon)} MiB`;
+  if (!m.profiler) return m.rss_anon === null ? "" : `process ${mib(m.rss_anon)} MiB (this source does not measure the profiler's share)`;
   const parts = m.profiler.parts.filter((p) => p.bytes >= 0.05 * (1 << 20)).map((p) => `${p.part} ${mib(p.bytes)}`);
   const of = m.rss_anon === null ? "" : ` of ${mib(m.rss_anon)} MiB`;
   return `profiler ${mib(m.profiler.total)} MiB${of}` + (parts.length ? ` (${parts.join(", ")})` : "");
