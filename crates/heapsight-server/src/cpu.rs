@@ -45,9 +45,12 @@ pub(crate) async fn profile(
     })?;
     // Dropped, and so cancelled (which stops the profiler), when the client goes away.
     tokio::time::sleep(wait).await;
+    // Stopped here, at the end of the window asked for, whatever the workers are doing; named
+    // on a worker.
+    let cpu = heapsight::own::run(heapsight::own::Part::CpuProfile, || profiler.stop());
     let body = blocking(&s, move || {
         heapsight::own::run(heapsight::own::Part::CpuProfile, || {
-            cpu_profile(profiler.stop()).to_pprof_bytes()
+            cpu_profile(cpu).to_pprof_bytes()
         })
     })
     .await?;

@@ -98,18 +98,23 @@ impl History {
                 last_error: None,
             }),
         });
-        h.record();
+        let first = h.clone();
+        crate::worker::run(move || first.record());
         let weak: Weak<History> = Arc::downgrade(&h);
+        // The thread keeps time; the snapshots are taken and packed on the profiler's worker,
+        // with the rest of its work (see `worker`).
         let _ = std::thread::Builder::new()
             .name("heapsight-history".into())
-            .spawn(move || loop {
-                std::thread::sleep(interval);
-                match weak.upgrade() {
-                    Some(h) => {
-                        h.record();
+            .spawn(move || {
+                heapsight::own::run(heapsight::own::Part::History, || loop {
+                    std::thread::sleep(interval);
+                    match weak.upgrade() {
+                        Some(h) => {
+                            crate::worker::run(move || h.record());
+                        }
+                        None => return,
                     }
-                    None => return,
-                }
+                })
             });
         h
     }

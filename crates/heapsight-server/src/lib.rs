@@ -34,6 +34,7 @@ mod query;
 mod respond;
 mod state;
 mod ui;
+mod worker;
 
 pub use error::ProfileError;
 
@@ -260,8 +261,8 @@ impl Options {
     /// endpoints are protected.
     pub fn spawn(self, addr: impl ToSocketAddrs) -> std::io::Result<Server> {
         // The server is the profiler, not the service: its runtime, its connections and its
-        // answers are allocated with the source's sampling paused. One thread runs it all
-        // (profiles are built on the blocking pool, which pauses sampling for itself).
+        // answers are the profiler's own allocations. One thread runs it all (profiles are
+        // built on the profiler's worker threads, as its own work too).
         let source = self.source.clone();
         let mut server = None;
         let mut args = Some((self, addr));

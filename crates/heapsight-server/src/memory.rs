@@ -105,7 +105,7 @@ pub(crate) fn process_rss() -> (Option<u64>, Option<u64>) {
 /// `GET .../ui/api/memory`.
 pub(crate) async fn memory(State(s): State<Arc<Settings>>) -> Response {
     let source = s.source.clone();
-    let m = tokio::task::spawn_blocking(move || Memory::now(&*source))
+    let m = crate::worker::run_async(move || Memory::now(&*source))
         .await
         .unwrap_or(Memory {
             rss_anon: None,

@@ -1,4 +1,4 @@
-//! What every request works with: the server's settings, the blocking pool that builds
+//! What every request works with: the server's settings, the worker threads that build
 //! profiles, and taking snapshots (fresh, or from the history).
 //!
 //! Handlers reach the source only through here, so that its rules hold everywhere: snapshots
@@ -7,6 +7,7 @@
 
 use crate::error::ProfileError;
 use crate::history::History;
+use crate::worker;
 use axum::http::StatusCode;
 use heapsight::{Snapshot, SnapshotSource};
 use std::sync::Arc;
@@ -40,14 +41,14 @@ impl Settings {
 }
 
 /// Runs profile building off the async workers (it symbolizes and compresses, which can take
-/// tens of milliseconds on large profiles), with the source's sampling paused: the profiler's
-/// own memory is not the service's heap.
+/// tens of milliseconds on large profiles), on the profiler's worker threads ([`worker`]), as
+/// the profiler's own work: the profiler's own memory is not the service's heap.
 pub(crate) async fn blocking<T: Send + 'static>(
     s: &Settings,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ProfileError> {
     let source = s.source.clone();
-    tokio::task::spawn_blocking(move || {
+    worker::run_async(move || {
         let out = unprofiled(&*source, f);
         // What building the answer freed goes back to the kernel, not into the C allocator's
         // free lists, where it would stay counted in the process's memory.
@@ -55,10 +56,10 @@ pub(crate) async fn blocking<T: Send + 'static>(
         out
     })
     .await
-    .map_err(|e| {
+    .ok_or_else(|| {
         ProfileError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("building the profile failed: {e}"),
+            "building the profile failed: the profiler's worker stopped (see the process's log)",
         )
     })
 }
@@ -80,6 +81,8 @@ pub(crate) async fn take_snapshot(s: &Settings) -> Result<Snapshot, ProfileError
 /// As [`take_snapshot`]; with `own`, the profiler's own allocations are in it too.
 pub(crate) async fn take_snapshot_of(s: &Settings, own: bool) -> Result<Snapshot, ProfileError> {
     let source = s.source.clone();
+    // On the blocking pool, not the worker: a snapshot is quick and its time matters (a delta's
+    // first one must not wait behind another request's profile), and it keeps nothing.
     let snapshot = tokio::task::spawn_blocking(move || {
         unprofiled(&*source, || {
             if own {

@@ -27,7 +27,15 @@ pub(crate) struct LargeSample {
     pub(crate) allocated: u32,
     pub(crate) weight_fx: u64,
     pub(crate) size: u64,
+    /// The block is a mapping of its own (the profiler's own large blocks), not the inner
+    /// allocator's; `stack` is [`NO_STACK`] when it was not sampled.
+    pub(crate) mapped: bool,
 }
+
+/// The stack of a block in the table that was not sampled (a mapped block of the profiler's).
+pub(crate) const NO_STACK: u32 = u32::MAX;
+/// Stored in `size`'s top bit: sizes never reach it.
+const MAPPED: u64 = 1 << 63;
 
 #[repr(C)]
 struct Meta {
@@ -98,7 +106,8 @@ pub(crate) fn insert(addr: usize, sample: LargeSample) -> bool {
                 let m = &t.meta[i];
                 m.stack.store(sample.stack, Ordering::Relaxed);
                 m.weight_fx.store(sample.weight_fx, Ordering::Relaxed);
-                m.size.store(sample.size, Ordering::Relaxed);
+                let mapped = if sample.mapped { MAPPED } else { 0 };
+                m.size.store(sample.size | mapped, Ordering::Relaxed);
                 m.allocated.store(sample.allocated, Ordering::Relaxed);
                 return true;
             }
@@ -137,12 +146,25 @@ pub(crate) fn remove(addr: usize) -> Option<LargeSample> {
 }
 
 fn read(m: &Meta) -> LargeSample {
+    let size = m.size.load(Ordering::Relaxed);
     LargeSample {
         stack: m.stack.load(Ordering::Relaxed),
         allocated: m.allocated.load(Ordering::Relaxed),
         weight_fx: m.weight_fx.load(Ordering::Relaxed),
-        size: m.size.load(Ordering::Relaxed),
+        size: size & !MAPPED,
+        mapped: size & MAPPED != 0,
     }
+}
+
+/// Whether `addr` is in the table as a mapped block.
+pub(crate) fn is_mapped(addr: usize) -> bool {
+    let Some(t) = table() else { return false };
+    buckets(addr).into_iter().any(|first| {
+        (first..first + BUCKET).any(|i| {
+            t.keys[i].load(Ordering::Relaxed) == addr
+                && t.meta[i].size.load(Ordering::Relaxed) & MAPPED != 0
+        })
+    })
 }
 
 /// Calls `f` with every block in the table. It reads every key (512 KiB) and takes no lock: a
@@ -164,8 +186,9 @@ pub(crate) fn each(mut f: impl FnMut(LargeSample)) {
     for (key, meta) in t.keys.iter().zip(t.meta) {
         if key.load(Ordering::Relaxed) != FREE {
             let sample = read(meta);
-            // A stamp of 0: inserted and not yet recorded, or being removed.
-            if sample.allocated != 0 {
+            // A stamp of 0: inserted and not yet recorded, or being removed. A block with no
+            // stack was not sampled.
+            if sample.allocated != 0 && sample.stack != NO_STACK {
                 f(sample);
             }
         }
@@ -191,6 +214,7 @@ mod tests {
                 allocated: 3,
                 weight_fx: 7,
                 size: LARGE_SIZE,
+                mapped: i % 2 == 1,
             };
             for (i, &a) in addrs.iter().enumerate() {
                 assert!(insert(a, sample(i)), "bucket full at round {round}");

@@ -6,6 +6,9 @@
 
 use std::ptr::NonNull;
 
+/// The page size the hook's mappings are counted in.
+pub(crate) const PAGE: usize = 4096;
+
 /// Maps `len` bytes of zeroed, readable and writable memory that the kernel commits page by page
 /// on first touch. Returns `None` when the address space cannot be had (an `ulimit -v`, or
 /// strict overcommit); callers then run without the table and count what they drop.
@@ -71,7 +74,6 @@ pub(crate) unsafe fn release(addr: usize, len: usize) {
 /// How many bytes of the mapping `addr..addr + len` (page-aligned, from [`map_zeroed`]) are
 /// resident, as the kernel's `mincore` reports its pages. Allocates nothing.
 pub(crate) fn resident_bytes(addr: usize, len: usize) -> usize {
-    const PAGE: usize = 4096;
     const CHUNK: usize = 4096;
     let mut vec = [0u8; CHUNK];
     let pages = len.div_ceil(PAGE);

@@ -32,13 +32,18 @@ use crate::tables::{
     self, count_drop, Loss, SAMPLE_RATE, SHALLOW_DEPTH, SHALLOW_SAMPLES, TRUNCATED_STACKS,
 };
 use crate::unwind::{self, StackBounds};
-use crate::{clock, live, region};
+use crate::{clock, live, os, region};
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Return addresses kept per sample, from the leaf.
 pub(crate) const MAX_DEPTH: usize = 128;
+/// The countdown of a thread working for the profiler: far below zero, so that every
+/// allocation crosses it, however large, until the slow path pins it here again.
+const OWN_PINNED: i64 = i64::MIN / 4;
+
 /// While sampling is off, each thread looks at the rate again after this many bytes.
 const OFF_RECHECK_BYTES: i64 = 1 << 20;
 
@@ -57,6 +62,10 @@ struct ThreadState {
     shard: Cell<u32>,
     /// The [`crate::own::Part`] this thread works in for the profiler, 0 for the service.
     own: Cell<u8>,
+    /// While `own` is set: bytes left until the next sample point of the profiler's own
+    /// allocations. `countdown` is then held at [`OWN_PINNED`], so that every allocation of
+    /// the thread takes the slow path, where large ones are mapped directly.
+    own_left: Cell<i64>,
 }
 
 thread_local! {
@@ -68,6 +77,7 @@ thread_local! {
             stack: Cell::new(StackBounds { low: 0, high: 0 }),
             shard: Cell::new(0),
             own: Cell::new(0),
+            own_left: Cell::new(0),
         }
     };
 }
@@ -254,9 +264,19 @@ fn decide(size: usize) -> Option<u64> {
             let left = next_countdown(&mut rng, rate).saturating_sub(size as i64);
             t.rng.set(rng.next_u64() | 1);
             t.countdown.set(left);
+            if t.own.get() != 0 {
+                // Entered the profiler's work before its first allocation: draw its distance.
+                let mut rng = Rng::new(t.rng.get());
+                t.own_left.set(next_countdown(&mut rng, rate));
+                t.rng.set(rng.next_u64() | 1);
+                return decide_own(t, size, rate);
+            }
             if left >= 0 || rate == 0 {
                 return None;
             }
+        }
+        if t.own.get() != 0 {
+            return decide_own(t, size, rate);
         }
         let mut rng = Rng::new(t.rng.get());
         let next = next_countdown(&mut rng, rate);
@@ -267,6 +287,42 @@ fn decide(size: usize) -> Option<u64> {
         }
         Some(poisson::weight_fixed(size as u64, rate as u64))
     })
+}
+
+/// [`decide`] for a thread working for the profiler: its sample distance is `own_left`, and its
+/// countdown stays pinned (see [`ThreadState::own_left`]).
+fn decide_own(t: &ThreadState, size: usize, rate: usize) -> Option<u64> {
+    t.countdown.set(OWN_PINNED);
+    if rate == 0 {
+        return None;
+    }
+    let left = t.own_left.get().saturating_sub(size as i64);
+    if left >= 0 {
+        t.own_left.set(left);
+        return None;
+    }
+    let mut rng = Rng::new(t.rng.get());
+    t.own_left.set(next_countdown(&mut rng, rate));
+    t.rng.set(rng.next_u64() | 1);
+    Some(poisson::weight_fixed(size as u64, rate as u64))
+}
+
+/// The mapping that holds one of the profiler's own large blocks of `layout`: whole pages, with
+/// room for the block to start [`TAG`] bytes in.
+fn mapped_len(layout: Layout) -> usize {
+    (layout.size() + TAG).next_multiple_of(os::PAGE)
+}
+
+/// Whether this allocation is one of the profiler's own large blocks, which the hook maps
+/// directly rather than asking the inner allocator: handed back to glibc, a block this large
+/// raises its mmap and trim thresholds for good (to the block's size, and twice that), after
+/// which the arenas the profiler's work used keep their free tops resident.
+#[inline]
+fn own_mapped(layout: Layout) -> bool {
+    layout.size() >= region::LARGE
+        && layout.size() <= isize::MAX as usize / 2
+        && layout.align() <= os::PAGE
+        && THREAD.with(|t| t.own.get() != 0 && !t.in_hook.get())
 }
 
 /// Marks this thread as inside the hook for as long as it lives.
@@ -313,7 +369,12 @@ impl<A: GlobalAlloc> Sampler<A> {
     #[cold]
     #[inline(never)]
     unsafe fn alloc_slow(layout: Layout, zeroed: bool, this: &Self) -> *mut u8 {
-        match decide(layout.size()) {
+        let sampled = decide(layout.size());
+        if sampled.is_none() && own_mapped(layout) {
+            // SAFETY: forwarded unchanged from our caller.
+            return unsafe { this.alloc_mapped(layout, zeroed) };
+        }
+        match sampled {
             // SAFETY: forwarded unchanged from our caller.
             Some(w) => unsafe { this.alloc_sampled(layout, w, zeroed) },
             // SAFETY: forwarded unchanged from our caller.
@@ -333,20 +394,14 @@ impl<A: GlobalAlloc> Sampler<A> {
     #[cold]
     #[inline(never)]
     unsafe fn alloc_sampled(&self, layout: Layout, weight_fx: u64, zeroed: bool) -> *mut u8 {
-        let plain = |this: &Self| {
-            // SAFETY: forwarded from the caller's GlobalAlloc contract (non-zero size).
-            unsafe {
-                if zeroed {
-                    this.inner.alloc_zeroed(layout)
-                } else {
-                    this.inner.alloc(layout)
-                }
-            }
-        };
+        // SAFETY: forwarded from the caller's GlobalAlloc contract (non-zero size).
+        let plain = |this: &Self| unsafe { this.inner_alloc(layout, zeroed) };
         if !tables::ready() {
             count_drop(Loss::NoTables);
             return plain(self);
         }
+        // Asked before the hook marks the thread as inside it.
+        let mapped = own_mapped(layout);
         let frame_marker = 0u8;
         let frame_marker = std::hint::black_box(&frame_marker) as *const u8 as usize;
         THREAD.with(|t| {
@@ -405,16 +460,20 @@ impl<A: GlobalAlloc> Sampler<A> {
                     // A size this close to `isize::MAX` cannot be served by any allocator.
                     return plain(self);
                 };
-                // SAFETY: `outer` has a non-zero size (it is at least `layout`'s).
-                let raw = unsafe {
-                    if zeroed {
-                        self.inner.alloc_zeroed(outer)
-                    } else {
-                        self.inner.alloc(outer)
+                let raw = if mapped {
+                    os::map_zeroed(mapped_len(layout)).map_or(std::ptr::null_mut(), |p| p.as_ptr())
+                } else {
+                    // SAFETY: `outer` has a non-zero size (it is at least `layout`'s).
+                    unsafe {
+                        if zeroed {
+                            self.inner.alloc_zeroed(outer)
+                        } else {
+                            self.inner.alloc(outer)
+                        }
                     }
                 };
                 if raw.is_null() {
-                    return raw;
+                    return if mapped { plain(self) } else { raw };
                 }
                 // SAFETY: `offset` is 0 or TAG, inside the `outer.size() > TAG` bytes at `raw`.
                 let ptr = unsafe { raw.add(offset) };
@@ -423,6 +482,7 @@ impl<A: GlobalAlloc> Sampler<A> {
                     allocated: clock::stamp(),
                     weight_fx,
                     size: size as u64,
+                    mapped,
                 };
                 if live::insert(ptr as usize, sample) {
                     record_alloc(stack, size, weight_fx);
@@ -431,8 +491,13 @@ impl<A: GlobalAlloc> Sampler<A> {
                     // Untracked, a tagged block could not be told apart from a plain one when
                     // freed: give it back and hand out a plain block instead.
                     count_drop(Loss::LargeTableFull);
-                    // SAFETY: allocated just above with `outer`, never handed out.
-                    unsafe { self.inner.dealloc(raw, outer) };
+                    if mapped {
+                        // SAFETY: mapped just above with this length, never handed out.
+                        unsafe { os::unmap(NonNull::new_unchecked(raw), mapped_len(layout)) };
+                    } else {
+                        // SAFETY: allocated just above with `outer`, never handed out.
+                        unsafe { self.inner.dealloc(raw, outer) };
+                    }
                     plain(self)
                 }
             }
@@ -458,9 +523,11 @@ impl<A: GlobalAlloc> Sampler<A> {
         }
         if is_large(layout) {
             if let Some(s) = live::remove(ptr as usize) {
-                record_free(s.stack, layout.size(), s.weight_fx);
-                // SAFETY: a large sampled block of `layout`, no longer used.
-                unsafe { this.dealloc_large(ptr, layout) };
+                if s.stack != live::NO_STACK {
+                    record_free(s.stack, layout.size(), s.weight_fx);
+                }
+                // SAFETY: a large block of `layout` in the table, no longer used.
+                unsafe { this.dealloc_large(ptr, layout, s.mapped) };
                 return;
             }
         }
@@ -473,12 +540,68 @@ impl<A: GlobalAlloc> Sampler<A> {
     /// # Safety
     /// `ptr` was handed out by `alloc_sampled` for `layout` as a large block, and is not used
     /// again.
-    unsafe fn dealloc_large(&self, ptr: *mut u8, layout: Layout) {
+    unsafe fn dealloc_large(&self, ptr: *mut u8, layout: Layout, mapped: bool) {
         // SAFETY: `large_placement` gave a placement for this layout when the block was placed,
         // and gives the same one now.
         let (outer, offset) = unsafe { large_placement(layout).unwrap_unchecked() };
+        if mapped {
+            // SAFETY: the block starts `offset` bytes into a mapping of `mapped_len(layout)`
+            // bytes made for it alone.
+            unsafe { os::unmap(NonNull::new_unchecked(ptr.sub(offset)), mapped_len(layout)) };
+            return;
+        }
         // SAFETY: the block starts `offset` bytes into an allocation of `outer`.
         unsafe { self.inner.dealloc(ptr.sub(offset), outer) }
+    }
+
+    /// The inner allocator's block of `layout`, zeroed if asked.
+    ///
+    /// # Safety
+    /// As [`GlobalAlloc::alloc`].
+    unsafe fn inner_alloc(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        // SAFETY: forwarded from the caller's GlobalAlloc contract.
+        unsafe {
+            if zeroed {
+                self.inner.alloc_zeroed(layout)
+            } else {
+                self.inner.alloc(layout)
+            }
+        }
+    }
+
+    /// One of the profiler's own large blocks, unsampled, in a mapping of its own (see
+    /// [`own_mapped`]), tracked in the large-sample table with no stack so that its free finds
+    /// it. Falls back to the inner allocator if it cannot be mapped or tracked.
+    ///
+    /// # Safety
+    /// As [`GlobalAlloc::alloc`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn alloc_mapped(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        // SAFETY: forwarded from the caller's GlobalAlloc contract (non-zero size).
+        let plain = || unsafe { self.inner_alloc(layout, zeroed) };
+        if !tables::ready() {
+            return plain();
+        }
+        let Some(raw) = os::map_zeroed(mapped_len(layout)) else {
+            return plain();
+        };
+        let offset = if tagged(layout) { TAG } else { 0 };
+        // SAFETY: `offset` is 0 or TAG, inside the mapping (at least a page).
+        let ptr = unsafe { raw.as_ptr().add(offset) };
+        let record = live::LargeSample {
+            stack: live::NO_STACK,
+            allocated: clock::stamp(),
+            weight_fx: 0,
+            size: layout.size() as u64,
+            mapped: true,
+        };
+        if live::insert(ptr as usize, record) {
+            return ptr;
+        }
+        // SAFETY: mapped just above with this length, never handed out.
+        unsafe { os::unmap(raw, mapped_len(layout)) };
+        plain()
     }
 
     /// A resize the fast path could not pass straight on: the old block may have been sampled,
@@ -503,7 +626,10 @@ impl<A: GlobalAlloc> Sampler<A> {
         // into a plain one.
         let moves = sample_new.is_some()
             || region::contains(ptr)
-            || (is_large(layout) && tagged(layout) && live::contains(ptr as usize));
+            || (is_large(layout)
+                && ((tagged(layout) && live::contains(ptr as usize))
+                    || live::is_mapped(ptr as usize)))
+            || own_mapped(new_layout);
         if !moves {
             // A block of the inner allocator, not sampled again: let the inner allocator resize
             // it in place, and count the old sample (if any) as freed once it has.
@@ -529,6 +655,8 @@ impl<A: GlobalAlloc> Sampler<A> {
         let new = match sample_new {
             // SAFETY: new_layout has a non-zero size (GlobalAlloc::realloc's contract).
             Some(w) => unsafe { this.alloc_sampled(new_layout, w, false) },
+            // SAFETY: as above.
+            None if own_mapped(new_layout) => unsafe { this.alloc_mapped(new_layout, false) },
             // SAFETY: as above.
             None => unsafe { this.inner.alloc(new_layout) },
         };
@@ -600,8 +728,11 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Sampler<A> {
 pub(crate) fn enter_own(part: u8) -> u8 {
     THREAD.with(|t| {
         let was = t.own.replace(part);
-        if was == 0 && !t.in_hook.get() {
-            redraw(t);
+        if was == 0 && !t.in_hook.get() && t.rng.get() != 0 {
+            let mut rng = Rng::new(t.rng.get());
+            t.own_left.set(next_countdown(&mut rng, rate_for(t)));
+            t.rng.set(rng.next_u64() | 1);
+            t.countdown.set(OWN_PINNED);
         }
         was
     })
