@@ -1,10 +1,9 @@
 //! `timer-leak`: the story's leak, profiled by heapsight's sampler. See [`timer_leak_demo::cli`].
 
-use heapsight::{Sampler, SamplerSource};
+use heapsight::SamplerSource;
 use std::sync::Arc;
 
-#[global_allocator]
-static GLOBAL: Sampler<std::alloc::System> = Sampler::new(std::alloc::System);
+heapsight::global_allocator!(std::alloc::System);
 
 /// Finer than the library default (about 1% of a core at the demo's allocation rate): the demo
 /// wants a sharp picture of a megabyte-sized leak within seconds.

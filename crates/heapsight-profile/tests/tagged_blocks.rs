@@ -1,15 +1,16 @@
 //! Where sampled blocks are placed, and frees that must tell them apart by address alone.
 //!
-//! A sampled block of alignment 8 or less starts 8 bytes past a 16-byte boundary, so that a free
-//! of a block without that bit is known not to be sampled after one test (`src/sampler.rs`). The
-//! cases here check that:
+//! A sampled block of alignment 8 or less starts `16 - align` bytes past a 16-byte boundary (its
+//! mark), so that a free of a block whose address plus alignment is not a multiple of 16 is
+//! known not to be sampled after one test (`src/sampler.rs`). The cases here check that:
 //! - sampled blocks of every kind (small or large, tagged or of larger alignment, zeroed or not)
-//!   keep their layout's alignment, carry the tag when they should, hold their bytes, and are
+//!   keep their layout's alignment, carry the mark when they should, hold their bytes, and are
 //!   counted out again when freed;
-//! - `realloc` from and to each kind keeps the contents and the counts;
-//! - an inner allocator whose own blocks all carry the tag (this binary's global allocator,
-//!   [`Shifted`]) still works: its frees take the longer test and are never mistaken for
-//!   sampled ones, whatever the rate.
+//! - `realloc` from and to each kind keeps the contents and the counts, including a large
+//!   tagged block resized in place by the inner allocator, sampled again or not;
+//! - an inner allocator whose own blocks all sit where sampled ones do (this binary's global
+//!   allocator, [`Shifted`]) still works: its frees take the longer test and are never mistaken
+//!   for sampled ones, whatever the rate.
 //!
 //! Runs without the test harness: the sample rate is global, so the cases run one after another.
 
@@ -20,16 +21,18 @@ use heapsight::Sampler;
 use heapsight_profile::{HeapView, Profile};
 use std::alloc::{GlobalAlloc, Layout, System};
 
-/// An inner allocator that hands out every block of alignment 8 or less 8 bytes past a 16-byte
-/// boundary: the worst case for the sampler's tag test, which then never rules a free out early.
+/// An inner allocator that hands out every block of alignment 8 or less at the sampler's mark,
+/// `16 - align` bytes past a 16-byte boundary: the worst case for the sampler's free test, which
+/// then never rules a free out early.
 struct Shifted;
 
 fn padded(layout: Layout) -> Layout {
     Layout::from_size_align(layout.size() + 16, 16).expect("test sizes are small")
 }
 
-// SAFETY: blocks of alignment 8 or less are System blocks of 16 more bytes, handed out 8 bytes
-// in (so still 8-aligned, with 8 spare bytes after); larger alignments go to System unchanged.
+// SAFETY: blocks of alignment 8 or less are System blocks of 16 more bytes, handed out
+// `16 - align` bytes in (so still aligned, with `align` spare bytes after); larger alignments go
+// to System unchanged.
 unsafe impl GlobalAlloc for Shifted {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if layout.align() > 8 {
@@ -42,7 +45,7 @@ unsafe impl GlobalAlloc for Shifted {
             if p.is_null() {
                 p
             } else {
-                p.add(8)
+                p.add(16 - layout.align())
             }
         }
     }
@@ -53,7 +56,7 @@ unsafe impl GlobalAlloc for Shifted {
             if layout.align() > 8 {
                 System.dealloc(ptr, layout)
             } else {
-                System.dealloc(ptr.sub(8), padded(layout))
+                System.dealloc(ptr.sub(16 - layout.align()), padded(layout))
             }
         }
     }
@@ -107,7 +110,11 @@ fn assert_placed(p: *mut u8, layout: Layout) {
     let addr = p as usize;
     assert_eq!(addr % layout.align(), 0, "{layout:?} at {p:p}");
     if layout.align() <= 8 {
-        assert_ne!(addr & 8, 0, "sampled {layout:?} at {p:p} lacks the tag");
+        assert_eq!(
+            (addr + layout.align()) % 16,
+            0,
+            "sampled {layout:?} at {p:p} lacks the mark"
+        );
     }
 }
 
@@ -143,7 +150,7 @@ fn holds_zeroes(p: *mut u8, len: usize) -> bool {
     (0..len).all(|i| unsafe { p.add(i).read() } == 0)
 }
 
-fn sampled_blocks_carry_the_tag_and_keep_their_alignment() {
+fn sampled_blocks_carry_the_mark_and_keep_their_alignment() {
     let layouts = layouts();
     heapsight::set_sample_rate(1);
     place_every_kind(&layouts);
@@ -208,6 +215,68 @@ fn realloc_keeps_contents_and_counts() {
     }
 }
 
+/// Grows one large block of alignment 1 step by step, each resize sampled or not, and returns
+/// it with its layout.
+#[inline(never)]
+fn grow_large_block(steps: &[(usize, bool)]) -> (*mut u8, Layout, Vec<[i64; 4]>) {
+    heapsight::set_sample_rate(1);
+    let mut layout = Layout::from_size_align(LARGE, 1).unwrap();
+    // SAFETY: a non-zero layout; resized and freed by the caller.
+    let mut p = unsafe { DIRECT.alloc(layout) };
+    fill(p, layout.size(), 3);
+    let mut seen = Vec::new();
+    for &(size, sampled) in steps {
+        heapsight::set_sample_rate(if sampled { 1 } else { 0 });
+        // SAFETY: `p` is live with `layout`; `size` is non-zero.
+        p = unsafe { DIRECT.realloc(p, layout, size) };
+        assert!(!p.is_null());
+        let kept = layout.size().min(size);
+        layout = Layout::from_size_align(size, 1).unwrap();
+        assert!(holds(p, kept, 3), "lost bytes growing to {size}");
+        fill(p, size, 3);
+        heapsight::set_sample_rate(0);
+        seen.push(site(&profile(), "grow_large_block"));
+    }
+    (p, layout, seen)
+}
+
+/// A large tagged block resized again and again (a growing vector) is resized by the inner
+/// allocator around its padding; each resize counts the old sample out and the new one in, or
+/// leaves the block counted nowhere when the resize is not sampled.
+fn a_large_block_resized_in_place_keeps_its_counts() {
+    let steps = [
+        (2 * LARGE, true),
+        (4 * LARGE, false),
+        (8 * LARGE, true),
+        (3 * LARGE, true),
+        (16 * LARGE, false),
+        (32 * LARGE, true),
+    ];
+    let (p, layout, seen) = grow_large_block(&steps);
+    for (&(size, sampled), counts) in steps.iter().zip(&seen) {
+        let [_, _, inuse_objects, inuse_space] = *counts;
+        if sampled {
+            assert_eq!(
+                (inuse_objects, inuse_space),
+                (1, size as i64),
+                "after {size}"
+            );
+        } else {
+            assert_eq!((inuse_objects, inuse_space), (0, 0), "after {size}");
+        }
+    }
+    let sampled = 1 + steps.iter().filter(|s| s.1).count() as i64;
+    assert_eq!(
+        seen.last().unwrap()[0],
+        sampled,
+        "every sampled resize counted"
+    );
+    // SAFETY: `p` is live with `layout`.
+    unsafe { DIRECT.dealloc(p, layout) };
+    let [_, _, inuse_objects, inuse_space] = site(&profile(), "grow_large_block");
+    assert_eq!((inuse_objects, inuse_space), (0, 0), "the free counted");
+}
+
 /// Four threads allocate, grow, shrink and free blocks of every kind through the global
 /// allocator, each handing half of its blocks to another thread to free.
 fn churn_through_shifted(rounds: usize) {
@@ -258,7 +327,7 @@ fn shifted_worker(
     }
 }
 
-fn an_inner_allocator_whose_blocks_carry_the_tag() {
+fn an_inner_allocator_whose_blocks_carry_the_mark() {
     for rate in [0, 64 << 10, 1] {
         heapsight::set_sample_rate(rate);
         churn_through_shifted(if rate == 1 { 400 } else { 2000 });
@@ -283,18 +352,22 @@ fn an_inner_allocator_whose_blocks_carry_the_tag() {
 }
 
 fn main() {
-    let cases: [(&str, fn()); 3] = [
+    let cases: [(&str, fn()); 4] = [
         (
-            "sampled_blocks_carry_the_tag_and_keep_their_alignment",
-            sampled_blocks_carry_the_tag_and_keep_their_alignment,
+            "sampled_blocks_carry_the_mark_and_keep_their_alignment",
+            sampled_blocks_carry_the_mark_and_keep_their_alignment,
         ),
         (
             "realloc_keeps_contents_and_counts",
             realloc_keeps_contents_and_counts,
         ),
         (
-            "an_inner_allocator_whose_blocks_carry_the_tag",
-            an_inner_allocator_whose_blocks_carry_the_tag,
+            "a_large_block_resized_in_place_keeps_its_counts",
+            a_large_block_resized_in_place_keeps_its_counts,
+        ),
+        (
+            "an_inner_allocator_whose_blocks_carry_the_mark",
+            an_inner_allocator_whose_blocks_carry_the_mark,
         ),
     ];
     for (name, case) in cases {

@@ -3,8 +3,7 @@
 //!
 //!   cargo run --release -p heapsight-server --example standalone [-- ADDR [SECONDS]]
 
-#[global_allocator]
-static GLOBAL: heapsight::Sampler<std::alloc::System> = heapsight::Sampler::new(std::alloc::System);
+heapsight::global_allocator!(std::alloc::System);
 
 #[inline(never)]
 fn grow(cache: &mut Vec<Vec<u8>>, i: usize) {

@@ -102,11 +102,13 @@ pub fn current() -> Option<Part> {
     Part::from_u8(crate::sampler::own_part())
 }
 
-/// Gives the pages the C allocator holds free back to the kernel (glibc's `malloc_trim`), after
-/// the profiler let go of a large working set (debug info, a profile being built): glibc keeps
-/// freed memory for reuse, so without this the process's resident memory stays at its peak.
-/// Does nothing with other C libraries.
+/// Gives free pages back to the kernel after the profiler let go of a large working set (debug
+/// info, a profile being built): those the C allocator holds (glibc's `malloc_trim`; nothing
+/// with other C libraries), and those of the sampled-block region's freed slots of 16 KiB and
+/// more. Both keep freed memory for reuse, so without this the process's resident memory stays
+/// at its peak.
 pub fn return_freed_memory() {
+    crate::region::release_free_slots();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free memory of glibc's own arenas; it is thread-safe.
     unsafe {

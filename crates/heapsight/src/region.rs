@@ -30,8 +30,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 /// tracked in [`crate::live`]. A power of two, so `size | align >= LARGE` tests both at once.
 pub(crate) const LARGE: usize = 128 << 10;
 const MIN_CLASS_SHIFT: u32 = 4; // 16 bytes
-/// 16 B ..= 256 KiB: a tagged block (see `sampler::TAG`) just under [`LARGE`] needs a slot 8 bytes
-/// longer.
+/// 16 B ..= 256 KiB: a marked block (see `sampler::mark`) just under [`LARGE`] needs a slot up to
+/// 15 bytes longer.
 const CLASS_COUNT: usize = 15;
 const MAX_SLOT: usize = 1 << (MIN_CLASS_SHIFT as usize + CLASS_COUNT - 1);
 /// Address space reserved per size class. Only touched pages are ever resident.
@@ -69,10 +69,51 @@ pub(crate) struct SlotMeta {
     pub(crate) allocated: AtomicU32,
 }
 
-/// Freed slots this large give their pages back to the kernel, so that the region's resident
-/// memory follows the sampled blocks in use, not the most ever in use. Smaller slots share
-/// pages and are kept for reuse.
+/// Freed slots this large give their pages back to the kernel ([`release_free_slots`]), so that
+/// the region's resident memory follows the sampled blocks in use, not the most ever in use.
+/// Smaller slots share pages and are kept for reuse.
 const RELEASE_CLASSES_FROM: usize = (14 - MIN_CLASS_SHIFT) as usize; // 16 KiB slots
+
+/// [`SlotMeta::size`] of a freed slot of the classes above that still holds its pages (while a
+/// slot is free the field is otherwise unused: 0 means released, or never used).
+///
+/// A freed slot keeps its pages until [`release_free_slots`] gives them back, which the
+/// profiler calls after each profile it builds. Releasing each slot as it was freed cost a
+/// service whose sampled blocks of 16 KiB and more come and go a system call and the page faults
+/// of refilling the slot, per sample: byte-heavy churn (`benches/overhead.rs`) ran 2.5-3.3x
+/// slower than bare instead of about 1.0x, and with a cap of 2 MiB kept it still did.
+const SIZE_KEPT: u32 = u32::MAX;
+
+/// Gives back the pages of every freed slot of 16 KiB and more that still holds them: the
+/// region's resident memory then follows the sampled blocks in use rather than the most ever in
+/// use. Takes each class's free lists whole while it works (allocations meanwhile carve fresh
+/// slots), so no slot it releases can be in anyone's hands. Not for the allocator hook: it makes
+/// a system call per slot released.
+pub(crate) fn release_free_slots() {
+    if BASE.load(Ordering::Acquire) == NO_REGION {
+        return;
+    }
+    for class in RELEASE_CLASSES_FROM..CLASS_COUNT {
+        for shard in 0..SHARDS {
+            // Pop the whole list into a chain of our own (the slots' links), then push it back.
+            let mut chain = 0u32;
+            while let Some(index) = pop_free(class, shard) {
+                let meta = meta_ptr(class, index);
+                if meta.size.load(Ordering::Relaxed) == SIZE_KEPT {
+                    meta.size.store(0, Ordering::Relaxed);
+                    release_slot(class, index);
+                }
+                meta.stack_or_next.store(chain, Ordering::Relaxed);
+                chain = index + 1;
+            }
+            while chain != 0 {
+                let index = chain - 1;
+                chain = meta_ptr(class, index).stack_or_next.load(Ordering::Relaxed);
+                push_free(class, index, shard);
+            }
+        }
+    }
+}
 
 /// Gives a freed slot's pages back to the kernel (see [`RELEASE_CLASSES_FROM`]).
 #[cold]
@@ -217,8 +258,8 @@ pub(crate) struct Slot {
 }
 
 /// Takes a slot that fits `size` bytes at `align`, starting `offset` bytes into the slot (slots
-/// are aligned to their size, so a block at `offset` 8 has bit 3 of its address set), from the
-/// calling thread's `shard` of the free lists if it can. `None` if the region was not reserved,
+/// are aligned to their size, so a block at `offset` lies that far past a 16-byte boundary),
+/// from the calling thread's `shard` of the free lists if it can. `None` if the region was not reserved,
 /// the class is too large, or the class's span is used up; the caller then falls back to the
 /// inner allocator and counts a drop.
 pub(crate) fn alloc(size: usize, align: usize, offset: usize, shard: usize) -> Option<Slot> {
@@ -238,9 +279,10 @@ pub(crate) fn alloc(size: usize, align: usize, offset: usize, shard: usize) -> O
                 .ok()
         })?;
     let addr = base + class * SPAN + index as usize * slot_size(class) + offset;
+    let meta = meta_ptr(class, index);
     Some(Slot {
         ptr: NonNull::new(addr as *mut u8)?,
-        meta: meta_ptr(class, index),
+        meta,
     })
 }
 
@@ -260,12 +302,18 @@ pub(crate) fn slot_of(ptr: *mut u8) -> &'static SlotMeta {
 /// Returns a slot to the calling thread's `shard` of its class's free lists.
 pub(crate) fn free(ptr: *mut u8, shard: usize) {
     let (class, index) = locate(ptr);
-    let head_of = &CLASSES[class].heads[shard % SHARDS].0;
     let meta = meta_ptr(class, index);
     meta.allocated.store(0, Ordering::Relaxed);
     if class >= RELEASE_CLASSES_FROM {
-        release_slot(class, index);
+        meta.size.store(SIZE_KEPT, Ordering::Relaxed);
     }
+    push_free(class, index, shard);
+}
+
+/// Pushes a slot this thread holds onto `shard`'s free list of its class.
+fn push_free(class: usize, index: u32, shard: usize) {
+    let head_of = &CLASSES[class].heads[shard % SHARDS].0;
+    let meta = meta_ptr(class, index);
     let mut head = head_of.load(Ordering::Relaxed);
     loop {
         meta.stack_or_next.store(head as u32, Ordering::Relaxed);
@@ -415,6 +463,59 @@ mod tests {
         assert_eq!(again, before, "each freed slot comes back exactly once");
         assert_eq!(CLASSES[class].bumped.load(Ordering::Relaxed), bumped);
         for p in again {
+            free(p.as_ptr(), 0);
+        }
+    }
+
+    #[test]
+    fn freed_large_slots_keep_their_pages_until_released() {
+        assert!(crate::tables::ready_or_wait());
+        // 100,000 bytes: a class (128 KiB slots) no other test of this binary takes slots from.
+        let size = 100_000;
+        let slot = slot_size(class_of(size, 8).unwrap());
+        let slots: Vec<_> = (0..16).map(|_| alloc(size, 8, 0, 0).unwrap().ptr).collect();
+        for p in &slots {
+            // SAFETY: a slot of `slot` bytes that this test holds.
+            unsafe { p.as_ptr().write_bytes(1, slot) };
+        }
+        let resident = || -> usize {
+            let r = slots
+                .iter()
+                .map(|p| os::resident_bytes(p.as_ptr() as usize, slot));
+            r.sum()
+        };
+        assert_eq!(resident(), 16 * slot, "every page touched");
+        for (i, p) in slots.iter().enumerate() {
+            free(p.as_ptr(), i);
+        }
+        assert_eq!(
+            resident(),
+            16 * slot,
+            "freed slots keep their pages for reuse"
+        );
+        // Reused, a slot still holds what its last owner wrote: no page was given back.
+        let again = alloc(size, 8, 0, 0).unwrap().ptr;
+        // SAFETY: a slot this test holds again, written above.
+        assert_eq!(unsafe { again.as_ptr().add(slot - 1).read() }, 1);
+        free(again.as_ptr(), 0);
+        release_free_slots();
+        assert_eq!(resident(), 0, "every freed slot given back");
+        // The lists are whole again: the 16 slots come back before the class grows.
+        let bumped = CLASSES[class_of(size, 8).unwrap()]
+            .bumped
+            .load(Ordering::Relaxed);
+        let mut back: Vec<_> = (0..16).map(|i| alloc(size, 8, 0, i).unwrap().ptr).collect();
+        let mut before = slots.clone();
+        back.sort();
+        before.sort();
+        assert_eq!(back, before);
+        assert_eq!(
+            CLASSES[class_of(size, 8).unwrap()]
+                .bumped
+                .load(Ordering::Relaxed),
+            bumped
+        );
+        for p in back {
             free(p.as_ptr(), 0);
         }
     }

@@ -3,20 +3,19 @@
 //! The common cases are kept as cheap as they can be:
 //! - an allocation that is not sampled costs a thread-local countdown and one branch on top of
 //!   the inner allocator;
-//! - a free of a block that was not sampled costs one test of one bit of the pointer (for
-//!   alignments up to 8; otherwise a compare of `size | align` and a test of the pointer's top
-//!   bits), with no lock, no table probe and no memory read.
+//! - a free of a block that was not sampled costs one test of two bits of the pointer plus its
+//!   alignment, with no lock, no table probe and no memory read.
 //!
 //! The free can be that cheap because sampled blocks are placed where it can tell them apart by
 //! address alone. Every sampled block lies in the region ([`crate::region`]), whose address
 //! window is a shift and a compare away, or is 128 KiB or larger and recorded in the large-sample
-//! table ([`crate::live`]). On top of that, a sampled block whose alignment is 8 or less is always
-//! handed out 8 bytes past a 16-byte boundary ([`TAG`]). The inner allocators that matter return
-//! 16-byte aligned blocks (glibc, musl and jemalloc for every size above 8 bytes), so for them a
-//! free whose pointer has that bit clear is known not to be sampled after one test. A pointer that
-//! has it (jemalloc's 8-byte blocks, or those of an allocator that packs small blocks on 8-byte
-//! boundaries) is only tested the long way, inline, exactly as blocks of larger alignment always
-//! are.
+//! table ([`crate::live`]). On top of that, a sampled block of alignment up to 8 is always
+//! handed out at its [`mark`]: `16 - align` bytes past a 16-byte boundary (15 for alignment 1, 8
+//! for alignment 8). The inner allocators that matter return 16-byte aligned blocks
+//! (glibc, musl and jemalloc for every size above 8 bytes), and jemalloc's 8-byte blocks are
+//! mostly strings of alignment 1; [`maybe_sampled`] rules all of those out with one test. What it
+//! lets through (blocks of alignment 16 or more, 8-aligned blocks 8 bytes past a boundary, and
+//! the sampled ones) goes to the slow path, which tests the window and the large-sample table.
 //!
 //! Everything else (drawing the next sample distance, walking the stack, interning it, placing
 //! the block, counting) happens in `#[cold]` functions. They take the caller's arguments in the
@@ -35,6 +34,7 @@ use crate::unwind::{self, StackBounds};
 use crate::{clock, live, os, region};
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
+use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -51,8 +51,14 @@ const OFF_RECHECK_BYTES: i64 = 1 << 20;
 /// with a plain thread-pointer offset and stays valid while the thread's other thread-locals are
 /// being destroyed.
 struct ThreadState {
-    /// Bytes left until the next sample point. Below zero: this allocation crossed one.
+    /// Bytes left until the next sample point. Below zero: this allocation crossed one. Used
+    /// by a [`Sampler`] with the [`SharedCountdown`]; one made by [`crate::global_allocator!`]
+    /// keeps its countdown in the program's own thread-local instead (see [`bound`]).
     countdown: Cell<i64>,
+    /// The countdown the global allocator's fast path takes from, as its last slow path
+    /// bound it: this thread's cell of the program's [`ThreadCountdown`], or null for
+    /// `countdown` above.
+    bound: Cell<*const Cell<i64>>,
     /// Zero until the thread's first trip through the slow path.
     rng: Cell<u64>,
     /// Set while this thread is inside the hook's slow path.
@@ -72,6 +78,7 @@ thread_local! {
     static THREAD: ThreadState = const {
         ThreadState {
             countdown: Cell::new(0),
+            bound: Cell::new(std::ptr::null()),
             rng: Cell::new(0),
             in_hook: Cell::new(false),
             stack: Cell::new(StackBounds { low: 0, high: 0 }),
@@ -100,14 +107,32 @@ thread_local! {
 ///
 /// Sampled blocks smaller than 128 KiB are served from the profiler's own address range rather
 /// than by `A`; everything else goes to `A` unchanged.
-pub struct Sampler<A> {
+///
+/// [`crate::global_allocator!`] declares the same, with each thread's countdown in a
+/// thread-local of the program's own crate: one instruction less per allocation.
+pub struct Sampler<A, C = SharedCountdown> {
     inner: A,
+    countdown: PhantomData<C>,
 }
 
 impl<A> Sampler<A> {
     /// Wraps `inner`, usually `std::alloc::System` or `tikv_jemallocator::Jemalloc`.
     pub const fn new(inner: A) -> Self {
-        Sampler { inner }
+        Sampler {
+            inner,
+            countdown: PhantomData,
+        }
+    }
+}
+
+impl<A, C: ThreadCountdown> Sampler<A, C> {
+    /// Wraps `inner`, with each thread's countdown where `C` keeps it (what
+    /// [`crate::global_allocator!`] expands to).
+    pub const fn with_countdown(inner: A) -> Self {
+        Sampler {
+            inner,
+            countdown: PhantomData,
+        }
     }
 
     /// The wrapped allocator.
@@ -116,15 +141,59 @@ impl<A> Sampler<A> {
     }
 }
 
-/// Takes `size` bytes off this thread's countdown. True when no sample point was crossed: the
-/// caller goes straight to the inner allocator.
+/// Takes `size` bytes off a countdown. True when no sample point was crossed: the caller goes
+/// straight to the inner allocator.
 #[inline(always)]
-fn countdown(size: usize) -> bool {
-    THREAD.with(|t| {
-        let left = t.countdown.get().wrapping_sub(size as i64);
-        t.countdown.set(left);
-        left >= 0
-    })
+fn take(countdown: &Cell<i64>, size: usize) -> bool {
+    let left = countdown.get().wrapping_sub(size as i64);
+    countdown.set(left);
+    left >= 0
+}
+
+/// The calling thread's countdown, as the global allocator's last slow path bound it.
+fn cd(t: &ThreadState) -> &Cell<i64> {
+    let bound = t.bound.get();
+    if bound.is_null() {
+        &t.countdown
+    } else {
+        // SAFETY: `bound` is this thread's cell of a `ThreadCountdown`, a thread-local with a
+        // constant initialiser and no destructor, valid for as long as the thread runs.
+        unsafe { &*bound }
+    }
+}
+
+/// Makes `countdown` the one the slow paths of this thread draw into, before they decide.
+fn bind(countdown: &Cell<i64>) {
+    THREAD.with(|t| t.bound.set(countdown))
+}
+
+/// Where a [`Sampler`] keeps each thread's countdown: the bytes left until its next sample
+/// point, which every allocation takes its size off.
+///
+/// The default, [`SharedCountdown`], is a thread-local of this crate. From the program's own
+/// crate, a thread-local of a library is reached through an offset the linker fills in: one
+/// instruction more on every allocation than a thread-local of the program itself, which
+/// [`crate::global_allocator!`] declares.
+///
+/// # Safety
+/// `with` must hand its closure the calling thread's own cell, the same one on every call on
+/// that thread, which must live as long as the thread (a `thread_local!` with a `const`
+/// initialiser has no destructor and does), and must not allocate.
+pub unsafe trait ThreadCountdown {
+    /// Calls `f` with the calling thread's countdown.
+    fn with<R>(f: impl FnOnce(&Cell<i64>) -> R) -> R;
+}
+
+/// The countdown of [`Sampler::new`]: a thread-local of heapsight's own.
+pub struct SharedCountdown;
+
+// SAFETY: the thread's own cell of THREAD, a thread-local with a constant initialiser and no
+// destructor.
+unsafe impl ThreadCountdown for SharedCountdown {
+    #[inline(always)]
+    fn with<R>(f: impl FnOnce(&Cell<i64>) -> R) -> R {
+        THREAD.with(|t| f(&t.countdown))
+    }
 }
 
 /// Whether a sampled block of this layout would be tracked in the large-sample table.
@@ -133,39 +202,57 @@ fn is_large(layout: Layout) -> bool {
     (layout.size() | layout.align()) >= region::LARGE
 }
 
-/// The address bit every sampled block of alignment 8 or less has set: such blocks start 8 bytes
-/// past a 16-byte boundary.
-pub(crate) const TAG: usize = 8;
-
-/// Whether a sampled block of this layout carries [`TAG`].
+/// Where a sampled block of alignment `align` starts, past a 16-byte boundary: its mark.
+///
+/// A block of alignment up to 8 starts `16 - align` bytes past one (15 for alignment 1, 8 for
+/// alignment 8), so that `ptr + align` is a multiple of 16; a block of larger alignment starts
+/// on one (it cannot start anywhere else). [`maybe_sampled`] tests exactly that sum, so it rules
+/// out a free of a 16-byte aligned block of alignment up to 8 (what the inner allocators that
+/// matter hand out above 8 bytes), and of an 8-byte block of alignment up to 4 wherever it lies
+/// (jemalloc's 8-byte class, mostly short strings), with one `test`.
 #[inline(always)]
-fn tagged(layout: Layout) -> bool {
-    layout.align() <= TAG
+pub(crate) const fn mark(align: usize) -> usize {
+    if align <= 8 {
+        16 - align
+    } else {
+        0
+    }
 }
 
-/// The free path's filter: false for every block that was not sampled. For alignments up to 8
-/// (known at compile time for most frees) a block without [`TAG`] was not sampled: one test and
-/// one branch. Past that, or with the tag set, two compares against constants decide.
+/// Whether a sampled block of this layout starts past a 16-byte boundary (see [`mark`]).
+#[inline(always)]
+fn tagged(layout: Layout) -> bool {
+    layout.align() <= 8
+}
+
+/// The free path's filter: false for every block that was not sampled, true for every block
+/// that was (and for some that were not, which the slow path then tells apart).
 ///
-/// Written as two separate returns: in the global allocator shim, where the alignment is not a
-/// constant, the compiler then emits two compare-and-branch pairs, alignment first (four
-/// instructions), where a single `&&` has it merge both conditions with `setcc` (six).
+/// `ptr + align` is a multiple of 16 exactly for: a block of alignment up to 8 that starts
+/// `16 - align` bytes past a 16-byte boundary, which is where sampled blocks of those alignments
+/// are placed ([`mark`]); and every block of alignment 16 or more, for which the slow path
+/// decides. Through the global allocator shims, where the alignment is not a constant, the
+/// filter is three instructions (`lea`, `test`, a branch), the same for every alignment.
 #[inline(always)]
 fn maybe_sampled(ptr: *mut u8, layout: Layout) -> bool {
-    if !tagged(layout) {
-        return is_large(layout) || region::in_window(ptr);
+    // Told that the block is aligned to its layout's alignment, the compiler turns the test
+    // for a constant alignment of 8 into one of bit 3.
+    if (ptr as usize) & (layout.align() - 1) != 0 {
+        // SAFETY: unreachable: a block is aligned to its layout's alignment (GlobalAlloc's
+        // contract for every pointer this is asked about).
+        unsafe { std::hint::unreachable_unchecked() }
     }
-    ptr as usize & TAG != 0 && (region::in_window(ptr) || is_large(layout))
+    (ptr as usize).wrapping_add(layout.align()) & 15 == 0
 }
 
 /// The inner allocator's layout for a large sampled block of `layout`, and the block's offset in
-/// it: a tagged block is 16 bytes longer, 16-byte aligned, and starts [`TAG`] bytes in.
+/// it: a tagged block is 16 bytes longer, 16-byte aligned, and starts [`mark`] bytes in.
 fn large_placement(layout: Layout) -> Option<(Layout, usize)> {
     if !tagged(layout) {
         return Some((layout, 0));
     }
-    let outer = Layout::from_size_align(layout.size().checked_add(2 * TAG)?, 2 * TAG).ok()?;
-    Some((outer, TAG))
+    let outer = Layout::from_size_align(layout.size().checked_add(16)?, 16).ok()?;
+    Some((outer, mark(layout.align())))
 }
 
 static SEEDS: AtomicU64 = AtomicU64::new(0);
@@ -201,7 +288,7 @@ fn rate_for(t: &ThreadState) -> usize {
 fn redraw(t: &ThreadState) {
     if t.rng.get() != 0 {
         let mut rng = Rng::new(t.rng.get());
-        t.countdown.set(next_countdown(&mut rng, rate_for(t)));
+        cd(t).set(next_countdown(&mut rng, rate_for(t)));
         t.rng.set(rng.next_u64() | 1);
     }
 }
@@ -242,8 +329,7 @@ fn decide(size: usize) -> Option<u64> {
             // paused thread does not come through here on every allocation.
             if t.rng.get() != 0 {
                 let mut rng = Rng::new(t.rng.get());
-                t.countdown
-                    .set(next_countdown(&mut rng, rate).max(OFF_RECHECK_BYTES));
+                cd(t).set(next_countdown(&mut rng, rate).max(OFF_RECHECK_BYTES));
                 t.rng.set(rng.next_u64() | 1);
             }
             return None;
@@ -263,7 +349,7 @@ fn decide(size: usize) -> Option<u64> {
             let mut rng = seed(t);
             let left = next_countdown(&mut rng, rate).saturating_sub(size as i64);
             t.rng.set(rng.next_u64() | 1);
-            t.countdown.set(left);
+            cd(t).set(left);
             if t.own.get() != 0 {
                 // Entered the profiler's work before its first allocation: draw its distance.
                 let mut rng = Rng::new(t.rng.get());
@@ -281,7 +367,7 @@ fn decide(size: usize) -> Option<u64> {
         let mut rng = Rng::new(t.rng.get());
         let next = next_countdown(&mut rng, rate);
         t.rng.set(rng.next_u64() | 1);
-        t.countdown.set(next);
+        cd(t).set(next);
         if rate == 0 {
             return None;
         }
@@ -292,7 +378,7 @@ fn decide(size: usize) -> Option<u64> {
 /// [`decide`] for a thread working for the profiler: its sample distance is `own_left`, and its
 /// countdown stays pinned (see [`ThreadState::own_left`]).
 fn decide_own(t: &ThreadState, size: usize, rate: usize) -> Option<u64> {
-    t.countdown.set(OWN_PINNED);
+    cd(t).set(OWN_PINNED);
     if rate == 0 {
         return None;
     }
@@ -308,9 +394,9 @@ fn decide_own(t: &ThreadState, size: usize, rate: usize) -> Option<u64> {
 }
 
 /// The mapping that holds one of the profiler's own large blocks of `layout`: whole pages, with
-/// room for the block to start [`TAG`] bytes in.
+/// room for the block to start [`mark`] bytes in.
 fn mapped_len(layout: Layout) -> usize {
-    (layout.size() + TAG).next_multiple_of(os::PAGE)
+    (layout.size() + 16).next_multiple_of(os::PAGE)
 }
 
 /// Whether this allocation is one of the profiler's own large blocks, which the hook maps
@@ -331,6 +417,35 @@ struct InHook<'a>(&'a Cell<bool>);
 impl Drop for InHook<'_> {
     fn drop(&mut self) {
         self.0.set(false);
+    }
+}
+
+/// Walks the calling thread's stack from the hook's frame at `frame_marker` outwards and
+/// interns it: the sample's stack id, or the loss to count. `t` is the thread's state, already
+/// marked as inside the hook.
+fn capture_stack(t: &ThreadState, frame_marker: usize) -> Result<u32, Loss> {
+    let mut bounds = t.stack.get();
+    if bounds.high == 0 {
+        bounds = StackBounds::current();
+        t.stack.set(bounds);
+    }
+    let mut frames = [0usize; MAX_DEPTH];
+    let (mut depth, truncated) = unwind::capture(bounds, &mut frames, frame_marker);
+    if t.own.get() != 0 {
+        // The profiler's own allocation: its part's marker goes outermost.
+        depth = (depth + 1).min(MAX_DEPTH);
+        frames[depth - 1] = own::marker_frame(t.own.get());
+    }
+    if truncated {
+        TRUNCATED_STACKS.fetch_add(1, Ordering::Relaxed);
+    }
+    if depth <= SHALLOW_DEPTH {
+        SHALLOW_SAMPLES.fetch_add(1, Ordering::Relaxed);
+    }
+    match stacks::intern(&frames[..depth]) {
+        Ok(id) => Ok(id),
+        Err(stacks::InternError::NoTable) => Err(Loss::NoTables),
+        Err(stacks::InternError::Full) => Err(Loss::StackTableFull),
     }
 }
 
@@ -359,7 +474,7 @@ fn record_free(stack: u32, size: usize, weight_fx: u64) {
     t.free_samples.fetch_add(1, Ordering::Relaxed);
 }
 
-impl<A: GlobalAlloc> Sampler<A> {
+impl<A: GlobalAlloc, C: ThreadCountdown> Sampler<A, C> {
     /// An allocation that crossed this thread's sample point: sampled, or (when sampling is off
     /// or paused) passed on. Kept out of line so the fast path is a bare tail call.
     ///
@@ -369,6 +484,7 @@ impl<A: GlobalAlloc> Sampler<A> {
     #[cold]
     #[inline(never)]
     unsafe fn alloc_slow(layout: Layout, zeroed: bool, this: &Self) -> *mut u8 {
+        C::with(bind);
         let sampled = decide(layout.size());
         if sampled.is_none() && own_mapped(layout) {
             // SAFETY: forwarded unchanged from our caller.
@@ -407,38 +523,16 @@ impl<A: GlobalAlloc> Sampler<A> {
         THREAD.with(|t| {
             t.in_hook.set(true);
             let _guard = InHook(&t.in_hook);
-            let mut bounds = t.stack.get();
-            if bounds.high == 0 {
-                bounds = StackBounds::current();
-                t.stack.set(bounds);
-            }
-            let mut frames = [0usize; MAX_DEPTH];
-            let (mut depth, truncated) = unwind::capture(bounds, &mut frames, frame_marker);
-            if t.own.get() != 0 {
-                // The profiler's own allocation: its part's marker goes outermost.
-                depth = (depth + 1).min(MAX_DEPTH);
-                frames[depth - 1] = own::marker_frame(t.own.get());
-            }
-            if truncated {
-                TRUNCATED_STACKS.fetch_add(1, Ordering::Relaxed);
-            }
-            if depth <= SHALLOW_DEPTH {
-                SHALLOW_SAMPLES.fetch_add(1, Ordering::Relaxed);
-            }
-            let stack = match stacks::intern(&frames[..depth]) {
+            let stack = match capture_stack(t, frame_marker) {
                 Ok(id) => id,
-                Err(stacks::InternError::NoTable) => {
-                    count_drop(Loss::NoTables);
-                    return plain(self);
-                }
-                Err(stacks::InternError::Full) => {
-                    count_drop(Loss::StackTableFull);
+                Err(loss) => {
+                    count_drop(loss);
                     return plain(self);
                 }
             };
             let size = layout.size();
             if !is_large(layout) {
-                let offset = if tagged(layout) { TAG } else { 0 };
+                let offset = mark(layout.align());
                 let Some(slot) = region::alloc(size, layout.align(), offset, shard(t)) else {
                     count_drop(Loss::RegionFull);
                     return plain(self);
@@ -475,7 +569,7 @@ impl<A: GlobalAlloc> Sampler<A> {
                 if raw.is_null() {
                     return if mapped { plain(self) } else { raw };
                 }
-                // SAFETY: `offset` is 0 or TAG, inside the `outer.size() > TAG` bytes at `raw`.
+                // SAFETY: `offset` is at most 15, inside the `outer.size() > 16` bytes at `raw`.
                 let ptr = unsafe { raw.add(offset) };
                 let sample = live::LargeSample {
                     stack,
@@ -513,7 +607,9 @@ impl<A: GlobalAlloc> Sampler<A> {
     #[cold]
     #[inline(never)]
     unsafe fn dealloc_slow(ptr: *mut u8, layout: Layout, this: &Self) {
-        if region::contains(ptr) {
+        // The window first: a test of the pointer alone, where `contains` reads the region's
+        // start (most blocks that come here were not sampled: see `maybe_sampled`).
+        if region::in_window(ptr) && region::contains(ptr) {
             let meta = region::slot_of(ptr);
             let stack = meta.stack_or_next.load(Ordering::Relaxed);
             let size = meta.size.load(Ordering::Relaxed) as usize;
@@ -586,8 +682,8 @@ impl<A: GlobalAlloc> Sampler<A> {
         let Some(raw) = os::map_zeroed(mapped_len(layout)) else {
             return plain();
         };
-        let offset = if tagged(layout) { TAG } else { 0 };
-        // SAFETY: `offset` is 0 or TAG, inside the mapping (at least a page).
+        let offset = mark(layout.align());
+        // SAFETY: `offset` is at most 15, inside the mapping (at least a page).
         let ptr = unsafe { raw.as_ptr().add(offset) };
         let record = live::LargeSample {
             stack: live::NO_STACK,
@@ -602,6 +698,95 @@ impl<A: GlobalAlloc> Sampler<A> {
         // SAFETY: mapped just above with this length, never handed out.
         unsafe { os::unmap(raw, mapped_len(layout)) };
         plain()
+    }
+
+    /// Resizes a large tagged block of the large-sample table in place, through the inner
+    /// allocator's `realloc` of the padded block around it: the bytes keep their offset, so
+    /// nothing is copied that the inner allocator would not copy itself. Growing a large block
+    /// nearly always crosses a sample point, so a growing vector that was sampled once stays in
+    /// the table from then on; when this resize is not sampled, it stays as a block with no
+    /// stack ([`live::NO_STACK`]), counted nowhere, until freed.
+    ///
+    /// `None` when the block must move instead (its new size is past what a placement allows).
+    ///
+    /// # Safety
+    /// As [`GlobalAlloc::realloc`]; `ptr` is a tagged large block in the large-sample table, not
+    /// a mapped one, and `new_size` is at least [`region::LARGE`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn resize_tagged(
+        &self,
+        ptr: *mut u8,
+        layout: Layout,
+        new_size: usize,
+        sample_new: Option<u64>,
+    ) -> Option<*mut u8> {
+        let frame_marker = 0u8;
+        let frame_marker = std::hint::black_box(&frame_marker) as *const u8 as usize;
+        let (outer, offset) = large_placement(layout)?;
+        // SAFETY: (new_size, align) is a valid layout (GlobalAlloc::realloc's contract).
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        let (new_outer, _) = large_placement(new_layout)?;
+        let old = live::remove(ptr as usize)?;
+        // SAFETY: the block starts `offset` bytes into an inner allocation of `outer`; the new
+        // size is non-zero and, with `outer`'s alignment, a valid layout (checked above).
+        let raw = unsafe { self.inner.realloc(ptr.sub(offset), outer, new_outer.size()) };
+        if raw.is_null() {
+            // The old block is still there and still tracked as it was.
+            live::insert(ptr as usize, old);
+            return Some(raw);
+        }
+        if old.stack != live::NO_STACK {
+            record_free(old.stack, layout.size(), old.weight_fx);
+        }
+        // SAFETY: `offset` is at most 15, inside the `new_outer.size() > 16` bytes at `raw`.
+        let new = unsafe { raw.add(offset) };
+        let mut record = live::LargeSample {
+            stack: live::NO_STACK,
+            allocated: clock::stamp(),
+            weight_fx: 0,
+            size: new_size as u64,
+            mapped: false,
+        };
+        if let Some(weight_fx) = sample_new {
+            let captured = THREAD.with(|t| {
+                t.in_hook.set(true);
+                let _guard = InHook(&t.in_hook);
+                capture_stack(t, frame_marker)
+            });
+            match captured {
+                Ok(stack) => {
+                    record.stack = stack;
+                    record.weight_fx = weight_fx;
+                }
+                Err(loss) => count_drop(loss),
+            }
+        }
+        if live::insert(new as usize, record) {
+            if record.stack != live::NO_STACK {
+                record_alloc(record.stack, new_size, record.weight_fx);
+            }
+            return Some(new);
+        }
+        // Untracked, the tagged block could not be told apart from a plain one when freed:
+        // move its bytes into a plain block.
+        if record.stack != live::NO_STACK {
+            count_drop(Loss::LargeTableFull);
+        }
+        // SAFETY: a non-zero layout (GlobalAlloc::realloc's contract).
+        let plain = unsafe { self.inner.alloc(new_layout) };
+        if plain.is_null() {
+            // The old block is gone (resized), and the new one can be neither tracked nor
+            // moved: a null here would tell the caller the old block is still valid. What a
+            // collection does when its allocation fails, in the one case where both the table's
+            // two buckets for this address and the memory are full.
+            std::alloc::handle_alloc_error(new_layout);
+        }
+        // SAFETY: both blocks are live, distinct, and at least `new_size` bytes long.
+        unsafe { std::ptr::copy_nonoverlapping(new, plain, new_size) };
+        // SAFETY: the padded block just resized, never handed out.
+        unsafe { self.inner.dealloc(raw, new_outer) };
+        Some(plain)
     }
 
     /// A resize the fast path could not pass straight on: the old block may have been sampled,
@@ -619,21 +804,33 @@ impl<A: GlobalAlloc> Sampler<A> {
         crossed: bool,
         this: &Self,
     ) -> *mut u8 {
-        let sample_new = if crossed { decide(new_size) } else { None };
+        let sample_new = if crossed {
+            C::with(bind);
+            decide(new_size)
+        } else {
+            None
+        };
         // SAFETY: GlobalAlloc::realloc's contract makes (new_size, align) a valid layout.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        let tracked = is_large(layout) && live::contains(ptr as usize);
+        if tracked && tagged(layout) && is_large(new_layout) && !live::is_mapped(ptr as usize) {
+            // A large tagged block, sampled now or before, that stays large: the inner
+            // allocator resizes its padded block, which keeps the block at its offset.
+            // SAFETY: forwarded from our caller; the block is in the large-sample table.
+            if let Some(new) = unsafe { this.resize_tagged(ptr, layout, new_size, sample_new) } {
+                return new;
+            }
+        }
         // A tagged large block sits inside a padded allocation, so it cannot be resized in place
         // into a plain one.
         let moves = sample_new.is_some()
             || region::contains(ptr)
-            || (is_large(layout)
-                && ((tagged(layout) && live::contains(ptr as usize))
-                    || live::is_mapped(ptr as usize)))
+            || (tracked && (tagged(layout) || live::is_mapped(ptr as usize)))
             || own_mapped(new_layout);
         if !moves {
             // A block of the inner allocator, not sampled again: let the inner allocator resize
             // it in place, and count the old sample (if any) as freed once it has.
-            let old = if is_large(layout) {
+            let old = if tracked {
                 live::remove(ptr as usize)
             } else {
                 None
@@ -646,8 +843,10 @@ impl<A: GlobalAlloc> Sampler<A> {
                     // The old block is still there and still sampled.
                     live::insert(ptr as usize, s);
                 }
-                Some(s) => record_free(s.stack, layout.size(), s.weight_fx),
-                None => {}
+                Some(s) if s.stack != live::NO_STACK => {
+                    record_free(s.stack, layout.size(), s.weight_fx)
+                }
+                _ => {}
             }
             return new;
         }
@@ -671,16 +870,16 @@ impl<A: GlobalAlloc> Sampler<A> {
 }
 
 // SAFETY: every block handed out is one of: the inner allocator's, for the layout asked; a region
-// slot at least as large and as aligned as the layout, or 8 bytes into such a slot for alignments
-// up to 8 (region::alloc's classes round `max(size + offset, align)` up to a power of two inside
-// an aligned span); or, for a large sampled block of alignment up to 8, 8 bytes into an inner
-// allocation 16 bytes longer and 16-byte aligned. Each is used by one owner at a time. Frees go
+// slot at least as large and as aligned as the layout, or `mark(align)` (8 to 15) bytes into such
+// a slot for alignments up to 8 (region::alloc's classes round `max(size + offset, align)` up to a
+// power of two inside an aligned span); or, for a large sampled block of alignment up to 8,
+// `mark(align)` bytes into an inner allocation 16 bytes longer and 16-byte aligned. Each is used by one owner at a time. Frees go
 // back to whichever made the block, told apart by address and, for large ones, the large-sample
 // table.
-unsafe impl<A: GlobalAlloc> GlobalAlloc for Sampler<A> {
+unsafe impl<A: GlobalAlloc, C: ThreadCountdown> GlobalAlloc for Sampler<A, C> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if countdown(layout.size()) {
+        if C::with(|c| take(c, layout.size())) {
             // SAFETY: forwarded unchanged from our caller.
             return unsafe { self.inner.alloc(layout) };
         }
@@ -690,7 +889,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Sampler<A> {
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if countdown(layout.size()) {
+        if C::with(|c| take(c, layout.size())) {
             // SAFETY: forwarded unchanged from our caller.
             return unsafe { self.inner.alloc_zeroed(layout) };
         }
@@ -711,13 +910,18 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Sampler<A> {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let crossed = !countdown(new_size);
-        if !crossed && !maybe_sampled(ptr, layout) {
-            // SAFETY: neither block is sampled: this is the inner allocator's realloc unchanged.
-            return unsafe { self.inner.realloc(ptr, layout, new_size) };
+        // Written as two branches rather than a `crossed` flag, so that the countdown is a
+        // `sub` to memory here too (a flag kept in a register costs a load and a store).
+        if C::with(|c| take(c, new_size)) {
+            if !maybe_sampled(ptr, layout) {
+                // SAFETY: neither block is sampled: this is the inner allocator's realloc.
+                return unsafe { self.inner.realloc(ptr, layout, new_size) };
+            }
+            // SAFETY: forwarded unchanged from our caller.
+            return unsafe { Self::realloc_slow(ptr, layout, new_size, false, self) };
         }
         // SAFETY: forwarded unchanged from our caller.
-        unsafe { Self::realloc_slow(ptr, layout, new_size, crossed, self) }
+        unsafe { Self::realloc_slow(ptr, layout, new_size, true, self) }
     }
 }
 
@@ -732,7 +936,7 @@ pub(crate) fn enter_own(part: u8) -> u8 {
             let mut rng = Rng::new(t.rng.get());
             t.own_left.set(next_countdown(&mut rng, rate_for(t)));
             t.rng.set(rng.next_u64() | 1);
-            t.countdown.set(OWN_PINNED);
+            cd(t).set(OWN_PINNED);
         }
         was
     })
@@ -778,7 +982,7 @@ pub fn set_sample_rate(rate: usize) {
         } else {
             Rng::new(t.rng.get())
         };
-        t.countdown.set(next_countdown(&mut rng, rate_for(t)));
+        cd(t).set(next_countdown(&mut rng, rate_for(t)));
         t.rng.set(rng.next_u64() | 1);
     });
 }
