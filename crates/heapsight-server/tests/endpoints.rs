@@ -198,7 +198,17 @@ static CPU: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn cpu_profile_while_heap_sampling_runs() {
     let _turn = CPU.lock().unwrap_or_else(|p| p.into_inner());
     let worker = std::thread::spawn(|| busy_for(Duration::from_secs(4)));
-    let (top, _) = go_pprof(&["-top", "-seconds", "2", &url("/debug/pprof/profile")]);
+    // A longer fetch timeout than pprof's default (the window plus a few seconds): naming a
+    // CPU profile's addresses reads debug info unit by unit, and with this binary's other tests
+    // naming heap profiles at the same time it took 5-10 s on the CI machine (1.1 s alone).
+    let (top, _) = go_pprof(&[
+        "-top",
+        "-seconds",
+        "2",
+        "-timeout",
+        "60",
+        &url("/debug/pprof/profile"),
+    ]);
     assert!(top.contains("Type: cpu"), "{top}");
     assert!(top.contains("busy_for"), "{top}");
     worker.join().unwrap();

@@ -95,20 +95,17 @@ pub(crate) fn release_free_slots() {
     }
     for class in RELEASE_CLASSES_FROM..CLASS_COUNT {
         for shard in 0..SHARDS {
-            // Pop the whole list into a chain of our own (the slots' links), then push it back.
-            let mut chain = 0u32;
-            while let Some(index) = pop_free(class, shard) {
+            // The whole list at once, in one exchange: popping slot by slot would never end
+            // while other threads free into the list as fast as it pops.
+            let mut chain = take_all(class, shard);
+            while chain != 0 {
+                let index = chain - 1;
                 let meta = meta_ptr(class, index);
+                chain = meta.stack_or_next.load(Ordering::Relaxed);
                 if meta.size.load(Ordering::Relaxed) == SIZE_KEPT {
                     meta.size.store(0, Ordering::Relaxed);
                     release_slot(class, index);
                 }
-                meta.stack_or_next.store(chain, Ordering::Relaxed);
-                chain = index + 1;
-            }
-            while chain != 0 {
-                let index = chain - 1;
-                chain = meta_ptr(class, index).stack_or_next.load(Ordering::Relaxed);
                 push_free(class, index, shard);
             }
         }
@@ -321,6 +318,24 @@ fn push_free(class: usize, index: u32, shard: usize) {
         // Release: the link written above is visible to the thread that pops this slot.
         match head_of.compare_exchange_weak(head, next, Ordering::Release, Ordering::Relaxed) {
             Ok(_) => return,
+            Err(now) => head = now,
+        }
+    }
+}
+
+/// Empties `shard`'s free list of `class` and returns its top (slot index + 1, 0 for none): the
+/// caller then holds every slot of the chain, linked through `stack_or_next`.
+fn take_all(class: usize, shard: usize) -> u32 {
+    let head_of = &CLASSES[class].heads[shard].0;
+    let mut head = head_of.load(Ordering::Acquire);
+    loop {
+        if head as u32 == 0 {
+            return 0;
+        }
+        // A new tag, so that a pop that read the old top cannot install its stale link.
+        let empty = (head >> 32).wrapping_add(1) << 32;
+        match head_of.compare_exchange_weak(head, empty, Ordering::Acquire, Ordering::Acquire) {
+            Ok(_) => return head as u32,
             Err(now) => head = now,
         }
     }
