@@ -95,8 +95,8 @@ pub(crate) fn release_free_slots() {
     }
     for class in RELEASE_CLASSES_FROM..CLASS_COUNT {
         for shard in 0..SHARDS {
-            // The whole list at once, in one exchange: popping slot by slot would never end
-            // while other threads free into the list as fast as it pops.
+            // The whole list at once, in one exchange: popping slot by slot would go on for as
+            // long as other threads kept freeing into the list.
             let mut chain = take_all(class, shard);
             while chain != 0 {
                 let index = chain - 1;
