@@ -36,6 +36,10 @@ pub type Message = Arc<str>;
 pub struct Broker {
     exit: watch::Receiver<bool>,
     fixed: bool,
+    /// The heap labels of the publishers, one per group of subscribers
+    /// (`subscriber_group=0`, `1`, `2`): what each publisher allocates, the timers `after`
+    /// leaves behind included, is counted under its group.
+    groups: [heapsight::Labels; 3],
 }
 
 impl Broker {
@@ -44,11 +48,17 @@ impl Broker {
     /// A broker; `fixed` chooses the re-armed timer over `after`. Setting `exit` to true stops
     /// every broadcast in flight.
     pub fn new(exit: watch::Receiver<bool>, fixed: bool) -> Broker {
-        Broker { exit, fixed }
+        let group = |g: usize| heapsight::Labels::new([("subscriber_group", g.to_string())]);
+        Broker {
+            exit,
+            fixed,
+            groups: [group(0), group(1), group(2)],
+        }
     }
 
     /// Sends `msg` to every subscriber, split over one to three tasks as the story's broker
-    /// splits it over goroutines. Returns at once; the tasks finish on their own.
+    /// splits it over goroutines, each labelled with its group of subscribers. Returns at once;
+    /// the tasks finish on their own.
     pub fn broadcast(&self, msg: Message, subscribers: Arc<[mpsc::Sender<Message>]>) {
         let count = subscribers.len();
         let concurrency = match count {
@@ -58,22 +68,23 @@ impl Broker {
         };
         for start in 0..concurrency {
             let (msg, subscribers, exit) = (msg.clone(), subscribers.clone(), self.exit.clone());
+            let labels = self.groups[start];
             if self.fixed {
-                tokio::spawn(publish_with_one_timer(
+                tokio::spawn(labels.bind(publish_with_one_timer(
                     start,
                     concurrency,
                     msg,
                     subscribers,
                     exit,
-                ));
+                )));
             } else {
-                tokio::spawn(publish_with_after(
+                tokio::spawn(labels.bind(publish_with_after(
                     start,
                     concurrency,
                     msg,
                     subscribers,
                     exit,
-                ));
+                )));
             }
         }
     }

@@ -9,6 +9,9 @@
 //!   a session ([`Sessions::remember`]). The fix ([`Sessions::new`] with `fixed`) forgets
 //!   sessions idle for [`SESSION_IDLE`].
 //!
+//! Each request's allocations are labelled with its route (`route=/item`, `route=/render`:
+//! [`label_route`]), so the heap splits by route in `go tool pprof -tags` and in the UI.
+//!
 //! [`load`] drives it over loopback, as clients would.
 
 use axum::extract::{Query, State};
@@ -129,12 +132,25 @@ async fn render(State(s): State<Arc<Service>>, Query(q): Query<Request>) -> Stri
     format!("checksum {}\n", render_page(q.id))
 }
 
-/// The service's own routes.
+/// The service's own routes, each request labelled with its route.
 pub fn routes(service: Arc<Service>) -> Router {
     Router::new()
         .route("/item", get(item))
         .route("/render", get(render))
+        .route_layer(axum::middleware::from_fn(label_route))
         .with_state(service)
+}
+
+/// Middleware: the request's handler runs with `route=<matched path>` as its heap labels, on
+/// whichever worker polls it. The route, not the URI: a label with a value per request would
+/// fill the label table and come out as `other`.
+pub async fn label_route(
+    path: axum::extract::MatchedPath,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let labels = heapsight::Labels::new([("route", path.as_str())]);
+    labels.bind(next.run(request)).await
 }
 
 /// Requests the service at `addr` about `per_second` times a second from four keep-alive

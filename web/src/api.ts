@@ -41,7 +41,9 @@ export interface Growing {
    * `site`: the stack's first frame of the service's own code, from the leaf;
    * `rate_per_second`: its sustained growth, `stderr_per_second` that rate's sampling error.
    */
-  stacks: { stack: number; frames: string[]; site: string; rate_per_second: number; stderr_per_second: number; first: number; last: number; ages?: Ages | null }[];
+  stacks: { stack: number; frames: string[]; site: string; labels?: string[]; rate_per_second: number; stderr_per_second: number; first: number; last: number; ages?: Ages | null }[];
+  /** Set when the list is grouped by this label key: each entry's `site` is `key=value`. */
+  group?: string;
 }
 
 /** When the blocks a growing stack holds now were allocated. */
@@ -72,6 +74,12 @@ export interface TreeJson {
   total: number[];
   base: number[];
   in_base: boolean[];
+  /** Per node, its largest label sets: [index into `strings` of "key=value, ...", part of `total`]. */
+  labels?: [number, number][][];
+  /** The label key the tree is grouped by: the root's children are its values, "key=value". */
+  group?: string;
+  /** The label keys the profile's samples carry. */
+  label_keys?: string[];
   /** Only in answers to `POST api/tree`: the uploaded file's sample types. */
   sample_types?: string[];
 }

@@ -80,10 +80,23 @@ class App {
     $<HTMLInputElement>("fold").checked = this.state.fold;
     $<HTMLInputElement>("retained").checked = this.state.retained;
     $<HTMLInputElement>("libraries").value = this.state.libraries;
+    this.showGroupKeys([]);
     $<HTMLInputElement>("noise").value = String(+(this.state.noise * 100).toFixed(3));
     this.compileSearch();
     this.drawTimeline();
     await Promise.all([this.loadTree(), this.loadGrowing()]);
+  }
+
+  /** The "Group by" choices: the label keys the profile carries, and the one chosen. */
+  showGroupKeys(keys: string[]) {
+    const select = $<HTMLSelectElement>("group");
+    const all = [...new Set([...keys, ...(this.state.group ? [this.state.group] : [])])].sort();
+    const have = [...select.options].slice(1).map((o) => o.value);
+    if (all.join("\u001f") !== have.join("\u001f")) {
+      select.replaceChildren(new Option("(none)", ""), ...all.map((k) => new Option(k, k)));
+    }
+    select.value = this.state.group;
+    select.parentElement!.hidden = !all.length;
   }
 
   /** The header's line on the profiler's own memory. */
@@ -107,6 +120,7 @@ class App {
     const q = new URLSearchParams({ type: this.state.type, fold: this.state.fold ? "1" : "0" });
     for (const k of FILTERS) if (this.state[k]) q.set(k, this.state[k]);
     if (this.state.libraries) q.set("libraries", this.state.libraries);
+    if (this.state.group) q.set("group", this.state.group);
     let json: TreeJson | undefined;
     if (this.files) {
       // Files from disk go to the server, which reads them as it reads its own profiles.
@@ -162,6 +176,7 @@ class App {
 
   setTree(tree: Tree) {
     this.tree = tree;
+    this.showGroupKeys(tree.json.label_keys ?? []);
     this.zoomNode = tree.find(this.state.zoom) ?? 0;
     this.selected = this.zoomNode;
     const root = tree.total(0);
@@ -177,6 +192,7 @@ class App {
     $("status").textContent =
       `${source}${tree.json.type}: ${mode}` +
       (tree.json.merged_nodes ? ` (${tree.json.merged_nodes} small frames merged)` : "") +
+      (tree.json.group ? ` — grouped by ${tree.json.group}` : "") +
       (filters.length ? ` — ${filters.join(", ")}` : "");
     $("legend").hidden = !tree.json.has_base;
     this.draw();
@@ -186,6 +202,7 @@ class App {
   async loadGrowing() {
     const q = new URLSearchParams({ type: this.state.type.startsWith("alloc") ? "inuse_space" : this.state.type });
     if (this.state.libraries) q.set("libraries", this.state.libraries);
+    if (this.state.group) q.set("group", this.state.group);
     const g = await getJson<Growing>("api/growing?" + q.toString());
     const list = $("growing");
     list.replaceChildren();
@@ -208,7 +225,10 @@ class App {
       const stderr = Math.sqrt(e.variance);
       const noise = stderr > 0 ? ` ±${formatValue(stderr, unit)}` : "";
       const count = e.stacks.length > 1 ? ` (${e.stacks.length} stacks)` : "";
-      li.textContent = `+${formatValue(e.rate, unit)}/s${noise}${count}  ${site}`;
+      // The labels the site's stacks were recorded under, when they were.
+      const labels = g?.group ? [] : [...new Set(e.stacks.flatMap((s) => s.labels ?? []))];
+      const shown = labels.length > 3 ? `${labels.slice(0, 3).join(", ")}, …` : labels.join(", ");
+      li.textContent = `+${formatValue(e.rate, unit)}/s${noise}${count}  ${site}${shown ? `  [${shown}]` : ""}`;
       const ages = e.stacks[0].ages;
       if (ages?.pattern) {
         const line = document.createElement("span");
@@ -216,8 +236,9 @@ class App {
         line.textContent = agesText(ages, unit);
         li.appendChild(line);
       }
-      const frames = e.stacks[0].frames;
-      li.title = frames.join("\n");
+      // Grouped, an entry is a label value: the graph's first-level frame of that name.
+      const frames = g?.group ? [site] : e.stacks[0].frames;
+      li.title = [...frames, ...labels].join("\n");
       li.dataset.frames = JSON.stringify(frames);
       li.addEventListener("click", () => this.focusFrames(frames, site));
       list.appendChild(li);
@@ -404,6 +425,10 @@ class App {
       `total ${formatValue(t.total(i), unit)} (${((t.total(i) / root) * 100).toFixed(1)}%), self ${formatValue(t.json.self[i], unit)}`,
     ];
     if (t.json.has_base) lines.push(changeText({ total: t.total(i), base: t.json.base[i], inBase: t.json.in_base[i] }, unit));
+    // Whose memory it is: the label sets that hold most of it.
+    for (const [set, v] of t.json.labels?.[i] ?? []) {
+      lines.push(`${t.json.strings[set]}: ${formatValue(v, unit)} (${((v / Math.max(1, t.total(i))) * 100).toFixed(0)}%)`);
+    }
     tip.textContent = lines.filter(Boolean).join("\n");
     tip.hidden = false;
     tip.style.left = Math.min(ev.pageX + 12, window.innerWidth - 420) + "px";
@@ -427,6 +452,13 @@ const app = new App();
 
 $("type").addEventListener("change", (e) => {
   app.state.type = (e.target as HTMLSelectElement).value;
+  writeState(app.state);
+  app.loadTree();
+  app.loadGrowing();
+});
+$("group").addEventListener("change", (e) => {
+  app.state.group = (e.target as HTMLSelectElement).value;
+  app.state.zoom = [];
   writeState(app.state);
   app.loadTree();
   app.loadGrowing();

@@ -19,6 +19,8 @@ export interface ViewState {
   retained: boolean;
   /** The top table's order. */
   top: "self" | "total" | "change";
+  /** A label key: the flame graph's first level and the growing list are its values. */
+  group: string;
 }
 
 /** The filters that make the server build a different tree. */
@@ -41,6 +43,7 @@ export function readState(): ViewState {
     libraries: p.get("lib") || "",
     retained: p.get("retained") === "1",
     top: (["self", "total", "change"].find((o) => o === p.get("top")) ?? "self") as ViewState["top"],
+    group: p.get("group") || "",
   };
 }
 
@@ -58,5 +61,6 @@ export function writeState(s: ViewState) {
   if (s.libraries) p.set("lib", s.libraries);
   if (s.retained) p.set("retained", "1");
   if (s.top !== "self") p.set("top", s.top);
+  if (s.group) p.set("group", s.group);
   history.replaceState(null, "", "#" + p.toString());
 }

@@ -5,7 +5,8 @@
 //
 // After the cache has filled, the page opens at 1600x1000 and, before anything is clicked:
 // the growing list names the leaking function first, the flame graph draws it with its name,
-// and the cache is not ranked above it. Saves a screenshot to test/artifacts/.
+// and the cache is not ranked above it. Grouped by the `route` label, the flame graph's first
+// level and the growing list are per route. Saves screenshots to test/artifacts/.
 
 import assert from "node:assert/strict";
 import { artifacts, check, finish, launchBrowser, startDemo } from "./harness.mjs";
@@ -95,6 +96,40 @@ try {
     await retained.screenshot({ path: `${artifacts}${demoName}-service-retained.png` });
     assert.deepEqual(errors, []);
   });
+  await check("grouped by route: one first-level frame per route, ranked and named by label", async () => {
+    if (!sampler) {
+      // jemalloc's profiler records no labels: the menu stays hidden.
+      assert.ok(await page.locator("#group").isHidden());
+      return;
+    }
+    // The header's menu lists the label keys the heap carries; a hover shows whose memory
+    // a frame holds before anything is grouped.
+    const [x, y] = await page.evaluate((source) => {
+      const app = window.__heapsight.app;
+      const leak = new RegExp(source);
+      const r = app.rects.find((q) => q.node > 0 && leak.test(app.tree.name(q.node)));
+      const box = app.canvas.getBoundingClientRect();
+      return [box.left + r.x + r.w / 2, box.top + r.row * 18 + 9];
+    }, LEAK.source);
+    await page.mouse.move(x, y);
+    const tip = await page.locator("#tip").innerText();
+    assert.match(tip, /^route=\/(item|render): .*\(\d+%\)$/m, tip);
+    await page.mouse.move(0, 0);
+    await page.selectOption("#group", "route");
+    await page.waitForFunction(() => /grouped by route/.test(document.getElementById("status").textContent), null, { timeout: 30000 });
+    const first = await page.evaluate(() => {
+      const t = window.__heapsight.app.tree;
+      return t.json.parent.flatMap((p, i) => (i > 0 && p === 0 ? [t.json.strings[t.json.name[i]]] : []));
+    });
+    assert.ok(first.includes("route=/item") && first.includes("route=/render"), first.join(", "));
+    await page.waitForFunction(() => /route=/.test(document.querySelector("#growing li")?.textContent ?? ""), null, { timeout: 30000 });
+    const grouped = await page.locator("#growing li").allInnerTexts();
+    // Every request remembers its session: the growing list's first value is a route.
+    assert.match(grouped[0], /route=\/(item|render)/, grouped.join("\n"));
+    assert.match(page.url(), /group=route/);
+    await page.screenshot({ path: `${artifacts}${demoName}-service-by-route.png` });
+  });
+
   console.log(`screenshot: ${artifacts}${demoName}-service-ui.png`);
 } finally {
   await browser.close();

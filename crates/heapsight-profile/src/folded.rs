@@ -135,11 +135,13 @@ mod tests {
                 Sample {
                     location_ids: vec![2, 1],
                     values: vec![1, 2, 3, 4096],
+                    labels: vec![],
                     num_labels: vec![],
                 },
                 Sample {
                     location_ids: vec![1],
                     values: vec![1, 2, 3, 0],
+                    labels: vec![],
                     num_labels: vec![],
                 },
             ],

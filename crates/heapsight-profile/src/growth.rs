@@ -57,6 +57,7 @@
 use crate::profile::{HeapView, Profile};
 use heapsight::{Snapshot, StackId, StackTotals, OBJECT_UNIT};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// The value of one of the four heap sample types in a stack's totals; unknown types read as
@@ -415,6 +416,98 @@ pub fn growing_at_marks(marks: &[&Snapshot], sample_type: &str, limit: usize) ->
     });
     ranked.truncate(limit);
     ranked
+}
+
+/// The snapshots with their stacks merged by the value of label `key` (see
+/// [`heapsight::Labels`]): in each, stack `i` is the `i`-th value met across all of them, and
+/// stacks without the key are merged under [`crate::tree::NO_LABEL`]. Ranked with [`growing`],
+/// they say which of the key's values keep growing; each merged stack's labels are its value.
+pub fn by_label(points: &[&Snapshot], key: &str) -> Vec<Snapshot> {
+    let mut values: Vec<String> = Vec::new();
+    let mut ids: HashMap<String, u32> = HashMap::new();
+    let mut id_of = |v: String| {
+        *ids.entry(v.clone()).or_insert_with(|| {
+            values.push(v);
+            values.len() as u32 - 1
+        })
+    };
+    // Per snapshot, its merged stacks and blocks.
+    type Merged = (Vec<(StackId, StackTotals)>, Vec<heapsight::LiveBlock>);
+    let mut merged: Vec<Merged> = Vec::new();
+    for p in points {
+        // Each stack's value, once per snapshot.
+        let mut of: HashMap<StackId, StackId> = HashMap::new();
+        let mut sums: HashMap<StackId, StackTotals> = HashMap::new();
+        for (id, t) in &p.stacks {
+            let value = p
+                .frames
+                .labels(*id)
+                .into_iter()
+                .find(|(k, _)| k == key)
+                .map_or_else(|| crate::tree::NO_LABEL.to_string(), |(_, v)| v);
+            let to = StackId::from_u32(id_of(value));
+            of.insert(*id, to);
+            add_totals(sums.entry(to).or_default(), t);
+        }
+        let mut stacks: Vec<(StackId, StackTotals)> = sums.into_iter().collect();
+        stacks.sort_by_key(|(id, _)| *id);
+        let mut blocks: Vec<heapsight::LiveBlock> = p
+            .blocks
+            .iter()
+            .filter_map(|b| {
+                of.get(&b.stack)
+                    .map(|&to| heapsight::LiveBlock { stack: to, ..*b })
+            })
+            .collect();
+        blocks.sort_by_key(|b| (b.stack, b.allocated));
+        merged.push((stacks, blocks));
+    }
+    let frames: Arc<dyn heapsight::StackFrames> = Arc::new(LabelValues {
+        key: key.to_string(),
+        values,
+    });
+    points
+        .iter()
+        .zip(merged)
+        .map(|(p, (stacks, blocks))| Snapshot {
+            time: p.time,
+            duration: p.duration,
+            sample_rate: p.sample_rate,
+            stacks,
+            blocks,
+            frames: frames.clone(),
+        })
+        .collect()
+}
+
+/// The "stacks" of [`by_label`]'s snapshots: one per value of a label key, with no frames.
+struct LabelValues {
+    key: String,
+    values: Vec<String>,
+}
+
+impl heapsight::StackFrames for LabelValues {
+    fn frames(&self, _id: StackId) -> Vec<u64> {
+        Vec::new()
+    }
+
+    fn labels(&self, id: StackId) -> Vec<(String, String)> {
+        self.values
+            .get(id.as_u32() as usize)
+            .map(|v| vec![(self.key.clone(), v.clone())])
+            .unwrap_or_default()
+    }
+}
+
+fn add_totals(sum: &mut StackTotals, t: &StackTotals) {
+    sum.alloc_objects_fx += t.alloc_objects_fx;
+    sum.alloc_space += t.alloc_space;
+    sum.free_objects_fx += t.free_objects_fx;
+    sum.free_space += t.free_space;
+    sum.alloc_samples += t.alloc_samples;
+    sum.alloc_sample_bytes += t.alloc_sample_bytes;
+    sum.free_samples += t.free_samples;
+    sum.free_sample_bytes += t.free_sample_bytes;
 }
 
 /// The function names of one stack of `snapshot`, root first, trimmed as profiles trim them.

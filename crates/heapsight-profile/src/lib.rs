@@ -44,8 +44,8 @@ pub use legacy::write_legacy_heap_text;
 pub use plumbing::{is_plumbing, PLUMBING_FRAMES};
 pub use pprof::DecodeError;
 pub use profile::{
-    heap_sample_types, Function, HeapView, Line, Location, Mapping, NumLabel, Profile, Sample,
-    ValueType,
+    heap_sample_types, Function, HeapView, Label, Line, Location, Mapping, NumLabel, Profile,
+    Sample, ValueType,
 };
 pub use tree::{CallTree, TreeFilter, TreeNode};
 pub use user_code::{UserCode, DEFAULT_LIBRARIES};

@@ -5,7 +5,9 @@
 //! what viewers and ingesters rely on (ids in range, a valid string table) and rejects anything
 //! else with an error instead of guessing.
 
-use crate::profile::{Function, Line, Location, Mapping, NumLabel, Profile, Sample, ValueType};
+use crate::profile::{
+    Function, Label, Line, Location, Mapping, NumLabel, Profile, Sample, ValueType,
+};
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 use prost::Message;
@@ -181,16 +183,25 @@ impl Profile {
             .map(|x| proto::Sample {
                 location_id: x.location_ids.clone(),
                 value: x.values.clone(),
-                label: x
-                    .num_labels
-                    .iter()
-                    .map(|l| proto::Label {
+                label: {
+                    let mut label: Vec<proto::Label> = x
+                        .labels
+                        .iter()
+                        .map(|l| proto::Label {
+                            key: s.id(&l.key),
+                            str: s.id(&l.value),
+                            num: 0,
+                            num_unit: 0,
+                        })
+                        .collect();
+                    label.extend(x.num_labels.iter().map(|l| proto::Label {
                         key: s.id(&l.key),
                         str: 0,
                         num: l.value,
                         num_unit: s.id(&l.unit),
-                    })
-                    .collect(),
+                    }));
+                    label
+                },
             })
             .collect();
         let mapping = self
@@ -379,6 +390,22 @@ fn from_proto(p: &proto::Profile) -> Result<Profile, DecodeError> {
             Ok(Sample {
                 location_ids: x.location_id.clone(),
                 values: x.value.clone(),
+                labels: {
+                    let mut labels = x
+                        .label
+                        .iter()
+                        .filter(|l| l.str != 0)
+                        .map(|l| {
+                            Ok(Label {
+                                key: s(l.key)?,
+                                value: s(l.str)?,
+                            })
+                        })
+                        .collect::<Result<Vec<_>, DecodeError>>()?;
+                    labels.sort();
+                    labels.dedup_by(|a, b| a.key == b.key);
+                    labels
+                },
                 num_labels: x
                     .label
                     .iter()
@@ -515,6 +542,10 @@ mod tests {
             samples: vec![Sample {
                 location_ids: vec![1],
                 values: vec![1, 2, 3, 4],
+                labels: vec![Label {
+                    key: "route".into(),
+                    value: "/item".into(),
+                }],
                 num_labels: vec![NumLabel {
                     key: "bytes".into(),
                     value: 64,
@@ -534,6 +565,24 @@ mod tests {
             "alloc_space"
         );
         assert_eq!(Profile::from_pprof_bytes(&p.to_pprof_bytes()).unwrap(), p);
+    }
+
+    #[test]
+    fn string_labels_are_sample_labels_with_str_set() {
+        let proto = tiny().to_proto();
+        let label = |key: &str| {
+            proto.sample[0]
+                .label
+                .iter()
+                .find(|l| proto.string_table[l.key as usize] == key)
+                .cloned()
+                .unwrap()
+        };
+        let route = label("route");
+        assert_eq!(proto.string_table[route.str as usize], "/item");
+        assert_eq!((route.num, route.num_unit), (0, 0));
+        let bytes = label("bytes");
+        assert_eq!((bytes.str, bytes.num), (0, 64));
     }
 
     #[test]

@@ -79,13 +79,32 @@ pub struct NumLabel {
     pub unit: String,
 }
 
+/// A string label such as `route = /checkout`: what the allocation's [`heapsight::Labels`] were.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Label {
+    pub key: String,
+    pub value: String,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Sample {
     /// Leaf first.
     pub location_ids: Vec<u64>,
     /// One per sample type.
     pub values: Vec<i64>,
+    /// Sorted by key, keys unique.
+    pub labels: Vec<Label>,
     pub num_labels: Vec<NumLabel>,
+}
+
+impl Sample {
+    /// The value of this sample's label `key`, if it has one.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|l| l.key == key)
+            .map(|l| l.value.as_str())
+    }
 }
 
 /// A profile: what pprof calls a `Profile`.
@@ -195,7 +214,7 @@ impl Profile {
     }
 
     fn heap_built(snapshot: &Snapshot, view: HeapView, mut b: Builder<'_>) -> Profile {
-        let mut merged: HashMap<Vec<u64>, usize> = HashMap::new();
+        let mut merged: HashMap<(Vec<u64>, Vec<Label>), usize> = HashMap::new();
         let mut samples: Vec<Sample> = Vec::new();
         let mut sample_bytes: Vec<(i64, i64)> = Vec::new();
         let (mut shallow, mut all) = (0u64, 0u64);
@@ -215,7 +234,13 @@ impl Profile {
             if values.iter().all(|&v| v == 0) {
                 continue;
             }
-            let i = add_sample(&mut merged, &mut samples, locations, values);
+            let labels = snapshot
+                .frames
+                .labels(*id)
+                .into_iter()
+                .map(|(key, value)| Label { key, value })
+                .collect();
+            let i = add_sample(&mut merged, &mut samples, locations, labels, values);
             if i == sample_bytes.len() {
                 sample_bytes.push((0, 0));
             }
@@ -287,11 +312,11 @@ impl Profile {
     ) -> Profile {
         symbolize::with_symbolizer(|s| {
             let mut b = Builder::new(s, true);
-            let mut merged: HashMap<Vec<u64>, usize> = HashMap::new();
+            let mut merged: HashMap<(Vec<u64>, Vec<Label>), usize> = HashMap::new();
             let mut samples: Vec<Sample> = Vec::new();
             for (addresses, values) in stacks {
                 let locations = b.stack(&addresses, false);
-                add_sample(&mut merged, &mut samples, locations, values);
+                add_sample(&mut merged, &mut samples, locations, Vec::new(), values);
             }
             let (mappings, locations, functions) = b.finish();
             Profile {
@@ -343,22 +368,27 @@ impl Profile {
 
 /// Adds `values` to the sample with these locations, creating it if it is new (stacks that are
 /// equal after trimming become one sample). Returns the sample's index.
+/// Adds a sample, or its values to the sample of the same stack and labels.
 fn add_sample(
-    merged: &mut HashMap<Vec<u64>, usize>,
+    merged: &mut HashMap<(Vec<u64>, Vec<Label>), usize>,
     samples: &mut Vec<Sample>,
     locations: Vec<u64>,
+    labels: Vec<Label>,
     values: Vec<i64>,
 ) -> usize {
-    if let Some(&i) = merged.get(&locations) {
+    let key = (locations, labels);
+    if let Some(&i) = merged.get(&key) {
         for (acc, v) in samples[i].values.iter_mut().zip(&values) {
             *acc += v;
         }
         return i;
     }
-    merged.insert(locations.clone(), samples.len());
+    merged.insert(key.clone(), samples.len());
+    let (location_ids, labels) = key;
     samples.push(Sample {
-        location_ids: locations,
+        location_ids,
         values,
+        labels,
         num_labels: Vec::new(),
     });
     samples.len() - 1

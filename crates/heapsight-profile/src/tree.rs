@@ -54,7 +54,17 @@ pub struct TreeNode {
     pub in_base: bool,
     /// Indices of the children, largest `total` first.
     pub children: Vec<u32>,
+    /// The label sets whose samples make up most of `total`: up to [`NODE_LABEL_SETS`], each
+    /// as `key=value` pairs joined by `, ` with its part of `total`, largest first. Empty when
+    /// the profile has no labels.
+    pub labels: Vec<(String, i64)>,
 }
+
+/// How many label sets a [`TreeNode`] names.
+pub const NODE_LABEL_SETS: usize = 3;
+
+/// The name of the frame [`TreeFilter::group_by`] puts at the root of samples without the key.
+pub const NO_LABEL: &str = "(none)";
 
 /// A call tree; `nodes[0]` is the root.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,6 +89,10 @@ pub struct TreeFilter<'a> {
     /// [`UserCode::root_run`]) into one frame named for it in brackets, `[tokio worker]`, so
     /// that the user's own frames start near the top. Not applied to a callers view.
     pub fold_root: Option<&'a UserCode>,
+    /// Group by this label key: each sample's stack starts with a frame `key=value` (or
+    /// `key=(none)`), so the tree's first level is the key's values, as `go tool pprof
+    /// -tagroot` builds it.
+    pub group_by: Option<&'a str>,
 }
 
 impl CallTree {
@@ -100,6 +114,7 @@ impl CallTree {
         if let Some(base) = base {
             b.add(base, sample_type, true);
         }
+        b.finish_labels();
         let mut tree = CallTree {
             nodes: b.nodes,
             merged_nodes: 0,
@@ -177,6 +192,7 @@ impl CallTree {
                     base_total: other_base,
                     in_base: other_base != 0,
                     children: Vec::new(),
+                    labels: Vec::new(),
                 });
                 out.nodes[ni as usize].children.push(idx);
                 out.merged_nodes += dropped;
@@ -222,6 +238,10 @@ struct TreeBuilder<'f> {
     nodes: Vec<TreeNode>,
     index: HashMap<(u32, String), u32>,
     filter: TreeFilter<'f>,
+    /// Per node, the current profile's value by label set (an index into `label_sets`).
+    by_labels: Vec<HashMap<u32, i64>>,
+    label_sets: Vec<String>,
+    label_ids: HashMap<String, u32>,
 }
 
 impl<'f> TreeBuilder<'f> {
@@ -236,11 +256,48 @@ impl<'f> TreeBuilder<'f> {
             base_total: 0,
             in_base: false,
             children: Vec::new(),
+            labels: Vec::new(),
         };
         TreeBuilder {
             nodes: vec![root],
             index: HashMap::new(),
             filter,
+            by_labels: vec![HashMap::new()],
+            label_sets: Vec::new(),
+            label_ids: HashMap::new(),
+        }
+    }
+
+    /// The label set of `s` as one string, interned; `None` when it has no labels.
+    fn label_set(&mut self, s: &crate::profile::Sample) -> Option<u32> {
+        if s.labels.is_empty() {
+            return None;
+        }
+        let text = s
+            .labels
+            .iter()
+            .map(|l| format!("{}={}", l.key, l.value))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if let Some(&id) = self.label_ids.get(&text) {
+            return Some(id);
+        }
+        let id = self.label_sets.len() as u32;
+        self.label_sets.push(text.clone());
+        self.label_ids.insert(text, id);
+        Some(id)
+    }
+
+    /// Moves each node's largest label sets into the node.
+    fn finish_labels(&mut self) {
+        for (node, by) in self.nodes.iter_mut().zip(&self.by_labels) {
+            let mut sets: Vec<(u32, i64)> = by.iter().map(|(&k, &v)| (k, v)).collect();
+            sets.sort_by_key(|&(k, v)| (std::cmp::Reverse(v.abs()), k));
+            sets.truncate(NODE_LABEL_SETS);
+            node.labels = sets
+                .into_iter()
+                .map(|(k, v)| (self.label_sets[k as usize].clone(), v))
+                .collect();
         }
     }
 
@@ -292,12 +349,22 @@ impl<'f> TreeBuilder<'f> {
                     frames.splice(..run, [(folded(label), "", 0)]);
                 }
             }
+            let group = self
+                .filter
+                .group_by
+                .map(|key| format!("{key}={}", s.label(key).unwrap_or(NO_LABEL)));
+            if let Some(g) = &group {
+                frames.insert(0, (g.as_str(), "", 0));
+            }
+            let set = if is_base { None } else { self.label_set(s) };
             let mut at = 0u32;
             self.bump(at, v, is_base, false);
+            self.tally(at, set, v);
             let mut last = 0u32;
             for (name, file, line) in frames {
                 at = self.child(at, name, file, line);
                 self.bump(at, v, is_base, false);
+                self.tally(at, set, v);
                 last = at;
             }
             self.bump(last, v, is_base, true);
@@ -319,10 +386,18 @@ impl<'f> TreeBuilder<'f> {
             base_total: 0,
             in_base: false,
             children: Vec::new(),
+            labels: Vec::new(),
         });
+        self.by_labels.push(HashMap::new());
         self.nodes[parent as usize].children.push(i);
         self.index.insert((parent, name.to_string()), i);
         i
+    }
+
+    fn tally(&mut self, i: u32, set: Option<u32>, v: i64) {
+        if let Some(set) = set {
+            *self.by_labels[i as usize].entry(set).or_insert(0) += v;
+        }
     }
 
     fn bump(&mut self, i: u32, v: i64, is_base: bool, leaf: bool) {
@@ -377,6 +452,7 @@ mod tests {
             p.samples.push(Sample {
                 location_ids: loc_ids,
                 values: vec![0, 0, 0, *v],
+                labels: vec![],
                 num_labels: vec![],
             });
         }

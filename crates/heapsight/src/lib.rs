@@ -39,6 +39,7 @@ mod clock;
 mod cpu;
 #[cfg(all(feature = "dwarf-unwind", target_arch = "x86_64"))]
 mod dwarf;
+pub mod labels;
 mod live;
 mod os;
 pub mod own;
@@ -53,6 +54,7 @@ mod tables;
 mod unwind;
 
 pub use cpu::{start_cpu_profile, CpuProfile, CpuProfileError, CpuProfiler};
+pub use labels::{LabelGuard, Labeled, Labels};
 pub use poisson::sample_weight;
 pub use sampler::{sample_rate, set_sample_rate, Sampler, SharedCountdown, ThreadCountdown};
 pub use snapshot::{

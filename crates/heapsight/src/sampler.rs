@@ -31,7 +31,7 @@ use crate::tables::{
     self, count_drop, Loss, SAMPLE_RATE, SHALLOW_DEPTH, SHALLOW_SAMPLES, TRUNCATED_STACKS,
 };
 use crate::unwind::{self, StackBounds};
-use crate::{clock, live, os, region};
+use crate::{clock, labels, live, os, region};
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
 use std::marker::PhantomData;
@@ -72,6 +72,9 @@ struct ThreadState {
     /// allocations. `countdown` is then held at [`OWN_PINNED`], so that every allocation of
     /// the thread takes the slow path, where large ones are mapped directly.
     own_left: Cell<i64>,
+    /// The label set current on this thread ([`crate::Labels`]), 0 for none: read only by a
+    /// sampled allocation's slow path.
+    labels: Cell<u32>,
 }
 
 thread_local! {
@@ -85,6 +88,7 @@ thread_local! {
             shard: Cell::new(0),
             own: Cell::new(0),
             own_left: Cell::new(0),
+            labels: Cell::new(0),
         }
     };
 }
@@ -435,6 +439,11 @@ fn capture_stack(t: &ThreadState, frame_marker: usize) -> Result<u32, Loss> {
         // The profiler's own allocation: its part's marker goes outermost.
         depth = (depth + 1).min(MAX_DEPTH);
         frames[depth - 1] = own::marker_frame(t.own.get());
+    } else if t.labels.get() != 0 {
+        // Made under a label set: the set goes outermost, so that the same code under two sets
+        // is two stacks, each with its own totals.
+        depth = (depth + 1).min(MAX_DEPTH);
+        frames[depth - 1] = labels::label_frame(t.labels.get());
     }
     if truncated {
         TRUNCATED_STACKS.fetch_add(1, Ordering::Relaxed);
@@ -950,6 +959,18 @@ pub(crate) fn leave_own(was: u8) {
             redraw(t);
         }
     })
+}
+
+/// Makes label set `id` current on the calling thread; returns the one that was.
+#[inline]
+pub(crate) fn swap_labels(id: u32) -> u32 {
+    THREAD.with(|t| t.labels.replace(id))
+}
+
+/// The label set current on the calling thread.
+#[inline]
+pub(crate) fn current_labels() -> u32 {
+    THREAD.with(|t| t.labels.get())
 }
 
 /// The calling thread's stack as the hook learned it, or empty bounds if it has not yet: only

@@ -9,7 +9,7 @@
 //! snapshot into a profile.
 
 use crate::poisson::{self, WEIGHT_ONE};
-use crate::{clock, live, own, region, stacks};
+use crate::{clock, labels, live, own, region, stacks};
 use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -35,6 +35,13 @@ impl StackId {
 pub trait StackFrames: Send + Sync {
     /// The return addresses of stack `id`, leaf first; empty for an id the store does not hold.
     fn frames(&self, id: StackId) -> Vec<u64>;
+
+    /// The labels stack `id` was recorded under (see [`crate::Labels`]), sorted by key; empty
+    /// for none, and for stores whose source has no labels.
+    fn labels(&self, id: StackId) -> Vec<(String, String)> {
+        let _ = id;
+        Vec::new()
+    }
 }
 
 /// The sampler's own stack table, which [`snapshot()`]'s stack ids name.
@@ -43,7 +50,21 @@ pub struct SamplerStacks;
 
 impl StackFrames for SamplerStacks {
     fn frames(&self, id: StackId) -> Vec<u64> {
-        stacks::with_frames(id.0, |it| it.map(|a| a as u64).collect())
+        let mut frames: Vec<u64> = stacks::with_frames(id.0, |it| it.map(|a| a as u64).collect());
+        // A label set's frame is not code: it comes out as the stack's labels instead.
+        if frames
+            .last()
+            .is_some_and(|&f| labels::labels_of_frame(f as usize).is_some())
+        {
+            frames.pop();
+        }
+        frames
+    }
+
+    fn labels(&self, id: StackId) -> Vec<(String, String)> {
+        stacks::last_frame(id.0)
+            .and_then(labels::labels_of_frame)
+            .map_or_else(Vec::new, labels::label_pairs)
     }
 }
 
@@ -373,6 +394,18 @@ impl Snapshot {
     /// The estimated bytes allocated over all stacks.
     pub fn alloc_space(&self) -> i64 {
         self.stacks.iter().map(|(_, t)| t.alloc_space()).sum()
+    }
+
+    /// The estimated bytes in use over the stacks recorded under exactly `labels`
+    /// ([`crate::Labels::NONE`]: under no labels). It looks each stack's labels up, so it is
+    /// for tests and tools, not for a hot loop.
+    pub fn inuse_space_under(&self, labels: crate::Labels) -> i64 {
+        let want = labels.pairs();
+        self.stacks
+            .iter()
+            .filter(|(id, _)| self.frames.labels(*id) == want)
+            .map(|(_, t)| t.inuse_space())
+            .sum()
     }
 }
 

@@ -125,6 +125,10 @@ pub struct Stats {
     /// Of those, samples whose stack had three frames or fewer: most of them means the unwinder
     /// cannot walk this binary's stacks (see [`Stats::short_stacks`]).
     pub shallow_samples: u64,
+    /// Label sets interned (see [`crate::Labels`]), out of [`crate::labels::MAX_LABEL_SETS`].
+    pub label_sets: usize,
+    /// New label sets recorded as `other` because the label table was full.
+    pub label_sets_overflowed: u64,
     /// The profiler's own memory, by part (see [`crate::own`]).
     pub own: crate::own::OwnMemory,
 }
@@ -175,6 +179,7 @@ impl Stats {
 /// ```
 pub fn stats() -> Stats {
     let d = |w: Loss| DROPS[w as usize].load(Ordering::Relaxed);
+    let labels = crate::labels::table_counts();
     Stats {
         sample_rate: SAMPLE_RATE.load(Ordering::Relaxed),
         stacks: stacks::len() as usize,
@@ -190,6 +195,8 @@ pub fn stats() -> Stats {
         dwarf_fallbacks: DWARF_FALLBACKS.load(Ordering::Relaxed),
         samples: stacks::samples(),
         shallow_samples: SHALLOW_SAMPLES.load(Ordering::Relaxed),
+        label_sets: labels.0,
+        label_sets_overflowed: labels.1,
         own: crate::own::memory(),
     }
 }

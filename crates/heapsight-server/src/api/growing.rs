@@ -17,6 +17,9 @@ use std::sync::Arc;
 #[derive(Serialize)]
 struct Growing {
     r#type: &'static str,
+    /// The label key the list is grouped by: each entry is one of its values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<String>,
     window_seconds: f64,
     snapshots: usize,
     stacks: Vec<GrowingStack>,
@@ -28,8 +31,12 @@ struct GrowingStack {
     /// Function names, root first, with the allocator plumbing trimmed as in profiles.
     frames: Vec<String>,
     /// The allocating site in the service's terms: the stack's first frame of the service's
-    /// own code, counting from the leaf (the leaf itself when no frame is).
+    /// own code, counting from the leaf (the leaf itself when no frame is). Grouped by a label
+    /// key: `key=value`.
     site: String,
+    /// The labels the stack was recorded under, `key=value` each, sorted by key (grouped: the
+    /// one value).
+    labels: Vec<String>,
     /// The sustained growth rate (see `heapsight_profile::growth`), per second.
     rate_per_second: f64,
     /// Its standard error from sampling.
@@ -81,6 +88,11 @@ pub(crate) async fn growing(
         }
         points.push(fresh);
         let window: Vec<&Snapshot> = points.iter().map(|p| &**p).collect();
+        let grouped = q.group.as_deref().map(|key| growth::by_label(&window, key));
+        let window: Vec<&Snapshot> = match &grouped {
+            Some(g) => g.iter().collect(),
+            None => window,
+        };
         let now = window.last().copied();
         let stacks = growth::growing_at_marks(&window, q.sample_type, q.limit)
             .into_iter()
@@ -88,11 +100,24 @@ pub(crate) async fn growing(
                 let frames = now
                     .map(|s| growth::stack_names(s, g.stack))
                     .unwrap_or_default();
+                let labels: Vec<String> = now
+                    .map(|s| s.frames.labels(g.stack))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
                 let leaf_first: Vec<&str> = frames.iter().rev().map(String::as_str).collect();
-                let site = code.site(&leaf_first).unwrap_or(0);
+                let site = match &grouped {
+                    Some(_) => labels.first().cloned().unwrap_or_default(),
+                    None => {
+                        let at = code.site(&leaf_first).unwrap_or(0);
+                        leaf_first.get(at).unwrap_or(&"").to_string()
+                    }
+                };
                 GrowingStack {
                     stack: g.stack.as_u32(),
-                    site: leaf_first.get(site).unwrap_or(&"").to_string(),
+                    site,
+                    labels,
                     frames,
                     rate_per_second: g.rate_per_second,
                     stderr_per_second: g.stderr_per_second,
@@ -110,6 +135,7 @@ pub(crate) async fn growing(
             .collect();
         Ok(json(&Growing {
             r#type: q.sample_type,
+            group: q.group.clone(),
             window_seconds: growth::window_seconds(&window),
             snapshots: len,
             stacks,

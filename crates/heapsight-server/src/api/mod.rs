@@ -50,6 +50,8 @@ struct ApiQuery {
     /// were allocated in that span.
     since: Option<std::time::SystemTime>,
     until: Option<std::time::SystemTime>,
+    /// `group=tenant`: a label key; the tree's first level (or the growing list) is its values.
+    group: Option<String>,
 }
 
 impl ApiQuery {
@@ -70,6 +72,7 @@ impl ApiQuery {
             libraries: Vec::new(),
             since: None,
             until: None,
+            group: None,
         };
         let number = |k: &str, v: &str| -> Result<u64, ProfileError> {
             v.parse::<u64>().map_err(|_| {
@@ -100,6 +103,15 @@ impl ApiQuery {
                 "fold" => q.fold = number("fold", &v)? != 0,
                 "since" if !v.is_empty() => q.since = Some(epoch_millis(number("since", &v)?)),
                 "until" if !v.is_empty() => q.until = Some(epoch_millis(number("until", &v)?)),
+                "group" if !v.is_empty() => {
+                    if v.len() > heapsight::labels::MAX_TEXT || v.chars().any(char::is_control) {
+                        return Err(ProfileError::bad_request(format!(
+                            "invalid value for \"group\": a label key of at most {} bytes, without control characters",
+                            heapsight::labels::MAX_TEXT
+                        )));
+                    }
+                    q.group = Some(v.into_owned());
+                }
                 "libraries" => {
                     // Crate names: letters, digits, `_` and `-`; at most 64 of them.
                     let names: Vec<String> = v
@@ -186,6 +198,7 @@ impl ApiQuery {
             hide: hide.as_ref().map(|f| f as &dyn Fn(&str) -> bool),
             callers_of: self.callers.as_deref(),
             fold_root: self.fold.then_some(code),
+            group_by: self.group.as_deref(),
         };
         CallTree::filtered(current, sample_type, base, filter).capped(self.max_nodes)
     }

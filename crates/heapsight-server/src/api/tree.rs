@@ -32,6 +32,14 @@ struct TreeColumns<'t> {
     total: Vec<i64>,
     base: Vec<i64>,
     in_base: Vec<bool>,
+    /// Per node, its largest label sets (`key=value, ...` as an index into `strings`) with
+    /// their part of `total`; empty lists when the profile has no labels.
+    labels: Vec<Vec<(usize, i64)>>,
+    /// The label key the tree is grouped by: the root's children are its values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<String>,
+    /// The label keys the profile's samples carry, sorted: what `group` may be.
+    label_keys: Vec<String>,
     /// An uploaded file's sample types.
     #[serde(skip_serializing_if = "Option::is_none")]
     sample_types: Option<Vec<String>>,
@@ -45,6 +53,7 @@ impl<'t> TreeColumns<'t> {
         unit: &str,
         time_ms: u64,
         has_base: bool,
+        group: Option<&str>,
     ) -> Self {
         // Names and files are interned: a deep tree repeats them a great deal.
         let mut strings: Vec<&str> = Vec::new();
@@ -57,17 +66,27 @@ impl<'t> TreeColumns<'t> {
         };
         let mut name = Vec::with_capacity(tree.nodes.len());
         let mut file = Vec::with_capacity(tree.nodes.len());
+        let mut labels = Vec::with_capacity(tree.nodes.len());
         for n in &tree.nodes {
             name.push(intern(&n.name));
             file.push(intern(&n.file));
+            labels.push(n.labels.iter().map(|(l, v)| (intern(l), *v)).collect());
         }
         let column =
             |f: fn(&heapsight_profile::TreeNode) -> i64| tree.nodes.iter().map(f).collect();
-        // Folded runs and `other` buckets are nobody's code.
-        let user = strings
+        // Folded runs, `other` buckets and label values are nobody's code.
+        let mut user: Vec<bool> = strings
             .iter()
             .map(|s| !s.starts_with('[') && !["other", "root", ""].contains(s) && code.is_users(s))
             .collect();
+        for (i, n) in tree.nodes.iter().enumerate() {
+            if group.is_some() && i > 0 && n.parent == 0 {
+                user[name[i]] = false;
+            }
+            for &(l, _) in &labels[i] {
+                user[l] = false;
+            }
+        }
         TreeColumns {
             r#type: sample_type.to_string(),
             unit: unit.to_string(),
@@ -84,9 +103,24 @@ impl<'t> TreeColumns<'t> {
             total: column(|n| n.total),
             base: column(|n| n.base_total),
             in_base: tree.nodes.iter().map(|n| n.in_base).collect(),
+            labels,
+            group: group.map(str::to_string),
+            label_keys: Vec::new(),
             sample_types: None,
         }
     }
+}
+
+/// The label keys of a profile's samples, sorted.
+fn label_keys(p: &Profile) -> Vec<String> {
+    let mut keys: Vec<String> = p
+        .samples
+        .iter()
+        .flat_map(|s| s.labels.iter().map(|l| l.key.clone()))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
 }
 
 /// `GET .../api/tree?type=&at=&base=&max_nodes=&focus=&hide=&callers=&since=&until=`.
@@ -106,14 +140,17 @@ pub(crate) async fn tree(
         let b = base.map(|b| Profile::heap(&b, HeapView::InUse));
         let tree = q.tree(q.sample_type, &p, b.as_ref(), &code);
         let unit = unit_of(q.sample_type);
-        json(&TreeColumns::new(
+        let mut columns = TreeColumns::new(
             &tree,
             &code,
             q.sample_type,
             unit,
             millis(current.time),
             b.is_some(),
-        ))
+            q.group.as_deref(),
+        );
+        columns.label_keys = label_keys(&p);
+        json(&columns)
     })
     .await
 }
@@ -168,8 +205,16 @@ pub(crate) async fn tree_of_upload(
             .find(|t| t.r#type == sample_type)
             .map_or("", |t| t.unit.as_str());
         let time_ms = (current.time_nanos / 1_000_000).max(0) as u64;
-        let mut columns =
-            TreeColumns::new(&tree, &code, &sample_type, unit, time_ms, base.is_some());
+        let mut columns = TreeColumns::new(
+            &tree,
+            &code,
+            &sample_type,
+            unit,
+            time_ms,
+            base.is_some(),
+            q.group.as_deref(),
+        );
+        columns.label_keys = label_keys(&current);
         columns.sample_types = Some(
             current
                 .sample_types
