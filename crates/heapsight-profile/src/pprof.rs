@@ -307,16 +307,44 @@ impl Profile {
     /// # drop(kept);
     /// ```
     pub fn from_pprof_bytes(bytes: &[u8]) -> Result<Profile, DecodeError> {
+        Profile::from_pprof_bytes_within(bytes, MAX_DECODED_BYTES)
+    }
+
+    /// [`Profile::from_pprof_bytes`], refusing a gzip-compressed profile that decompresses to
+    /// more than `max_decompressed` bytes: what a server reading untrusted uploads calls, so
+    /// that a small file cannot unpack into more memory than it allows.
+    ///
+    /// ```
+    /// # use heapsight_profile::Profile;
+    /// # #[global_allocator]
+    /// # static GLOBAL: heapsight::Sampler<std::alloc::System> =
+    /// #     heapsight::Sampler::new(std::alloc::System);
+    /// let bomb = {
+    ///     use std::io::Write;
+    ///     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    ///     e.write_all(&vec![0u8; 16 << 20]).unwrap();
+    ///     e.finish().unwrap()
+    /// };
+    /// assert!(bomb.len() < 64 << 10);
+    /// let e = Profile::from_pprof_bytes_within(&bomb, 1 << 20).unwrap_err();
+    /// assert!(e.to_string().contains("larger than 1048576 bytes"), "{e}");
+    /// ```
+    pub fn from_pprof_bytes_within(
+        bytes: &[u8],
+        max_decompressed: u64,
+    ) -> Result<Profile, DecodeError> {
         let raw;
         let data = if bytes.starts_with(&[0x1f, 0x8b]) {
             let mut out = Vec::new();
             // A decompression bomb is cut off rather than allowed to exhaust memory.
             GzDecoder::new(bytes)
-                .take(MAX_DECODED_BYTES + 1)
+                .take(max_decompressed + 1)
                 .read_to_end(&mut out)
                 .map_err(|e| DecodeError(format!("gzip: {e}")))?;
-            if out.len() as u64 > MAX_DECODED_BYTES {
-                return Err(DecodeError("profile larger than 1 GiB uncompressed".into()));
+            if out.len() as u64 > max_decompressed {
+                return Err(DecodeError(format!(
+                    "profile larger than {max_decompressed} bytes uncompressed"
+                )));
             }
             raw = out;
             &raw[..]
@@ -328,6 +356,7 @@ impl Profile {
     }
 }
 
+/// What [`Profile::from_pprof_bytes`] decompresses at most: 1 GiB.
 const MAX_DECODED_BYTES: u64 = 1 << 30;
 
 /// A profile that could not be read, and why.

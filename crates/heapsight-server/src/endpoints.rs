@@ -94,9 +94,11 @@ pub(crate) async fn index(State(s): State<Arc<Settings>>) -> Response {
             )
         })
         .collect();
+    let page = INDEX
+        .replace("CMDLINE_ROW\n", if s.cmdline { CMDLINE_ROW } else { "" })
+        .replace("SYMBOL_ROW\n", if s.symbol { SYMBOL_ROW } else { "" });
     Html(
-        INDEX
-            .replace("SOURCE", &html_escape(s.source.name()))
+        page.replace("SOURCE", &html_escape(s.source.name()))
             .replace("WARNINGS\n", &warnings)
             .replace("MEMORY", &html_escape(&memory.sentence())),
     )
@@ -119,12 +121,17 @@ Add <code>debug=1</code> for the legacy text format, <code>seconds=N</code> for 
 <tr><td><a href="heap">heap</a></td><td>A sample of the allocations still in use, by call stack.</td></tr>
 <tr><td><a href="heap?debug=1">heap?debug=1</a></td><td>The same in the legacy text format.</td></tr>
 <tr><td><a href="profile?seconds=10">profile</a></td><td>A CPU profile over <code>seconds</code> (default 30).</td></tr>
-<tr><td><a href="cmdline">cmdline</a></td><td>The command line of this process.</td></tr>
-<tr><td><a href="symbol">symbol</a></td><td>Looks up addresses; used by pprof.</td></tr>
+CMDLINE_ROW
+SYMBOL_ROW
 </table>
 </body>
 </html>
 "#;
+
+const CMDLINE_ROW: &str =
+    "<tr><td><a href=\"cmdline\">cmdline</a></td><td>The command line of this process.</td></tr>\n";
+const SYMBOL_ROW: &str =
+    "<tr><td><a href=\"symbol\">symbol</a></td><td>Looks up addresses; used by pprof.</td></tr>\n";
 
 fn html_escape(text: &str) -> String {
     text.replace('&', "&amp;")
@@ -132,13 +139,19 @@ fn html_escape(text: &str) -> String {
         .replace('>', "&gt;")
 }
 
-pub(crate) async fn cmdline() -> Response {
-    plain_text(
+pub(crate) async fn cmdline(State(s): State<Arc<Settings>>) -> Result<Response, ProfileError> {
+    if !s.cmdline {
+        return Err(Settings::turned_off(
+            "/debug/pprof/cmdline",
+            "without_cmdline",
+        ));
+    }
+    Ok(plain_text(
         std::env::args_os()
             .map(|a| a.to_string_lossy().into_owned())
             .collect::<Vec<_>>()
             .join("\0"),
-    )
+    ))
 }
 
 /// `GET` answers whether symbols exist; `POST` (or a `GET` query) of `0xADDR+0xADDR...` answers
@@ -150,6 +163,12 @@ pub(crate) async fn symbol(
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Result<Response, ProfileError> {
+    if !s.symbol {
+        return Err(Settings::turned_off(
+            "/debug/pprof/symbol",
+            "without_symbol",
+        ));
+    }
     let input = if method == Method::POST {
         String::from_utf8_lossy(&body).into_owned()
     } else {

@@ -34,6 +34,7 @@ mod query;
 mod respond;
 mod state;
 mod ui;
+mod upload;
 mod worker;
 
 pub use error::ProfileError;
@@ -60,8 +61,10 @@ pub const DEFAULT_MAX_SECONDS: u64 = 300;
 /// Delta heap profiles that may wait at once, by default.
 pub const DEFAULT_MAX_WAITING: usize = 8;
 const MAX_BODY_BYTES: usize = 1 << 20;
-/// Profiles opened in the UI from disk are posted to the server: they may be large.
-const MAX_UPLOAD_BYTES: usize = 256 << 20;
+/// The largest profile upload accepted as sent, by default ([`Options::upload_limits`]).
+pub const DEFAULT_UPLOAD_COMPRESSED: usize = 1 << 20;
+/// The largest profile upload accepted once decompressed, by default.
+pub const DEFAULT_UPLOAD_DECOMPRESSED: usize = 2 << 20;
 
 /// How the endpoints are served: limits and access control.
 ///
@@ -81,6 +84,9 @@ pub struct Options {
     history_settings: Option<(Duration, usize, usize)>,
     user_code: heapsight_profile::UserCode,
     remote_symbolization: bool,
+    cmdline: bool,
+    symbol: bool,
+    upload_limits: upload::UploadLimits,
 }
 
 impl Default for Options {
@@ -102,6 +108,12 @@ impl Options {
             bearer_token: None,
             user_code: heapsight_profile::UserCode::default(),
             remote_symbolization: false,
+            cmdline: true,
+            symbol: true,
+            upload_limits: upload::UploadLimits {
+                compressed: DEFAULT_UPLOAD_COMPRESSED,
+                decompressed: DEFAULT_UPLOAD_DECOMPRESSED,
+            },
             history_settings: Some((
                 history::DEFAULT_INTERVAL,
                 history::DEFAULT_CAPACITY,
@@ -120,6 +132,9 @@ impl std::fmt::Debug for Options {
             .field("bearer_token", &self.bearer_token.as_ref().map(|_| "<set>"))
             .field("history", &self.history_settings)
             .field("remote_symbolization", &self.remote_symbolization)
+            .field("cmdline", &self.cmdline)
+            .field("symbol", &self.symbol)
+            .field("upload_limits", &self.upload_limits)
             .finish()
     }
 }
@@ -152,6 +167,42 @@ impl Options {
     /// needs names, still does.
     pub fn remote_symbolization(mut self) -> Options {
         self.remote_symbolization = true;
+        self
+    }
+
+    /// Turns `/debug/pprof/cmdline` off (it then answers `404`). It serves the process's
+    /// command line, arguments and all, as Go's does: anything passed on it, a password or a
+    /// key included, is readable by whoever reaches the endpoints.
+    pub fn without_cmdline(mut self) -> Options {
+        self.cmdline = false;
+        self
+    }
+
+    /// Turns `/debug/pprof/symbol` off (it then answers `404`). It names the function at any
+    /// address of this process it is asked about, so it tells a reader the program's functions
+    /// and where they are loaded (the addresses in profiles, which `/heap` already names, say
+    /// much the same). Profiles still name their frames in-process; do not combine it with
+    /// [`Options::remote_symbolization`], which leaves naming to `/symbol`.
+    pub fn without_symbol(mut self) -> Options {
+        self.symbol = false;
+        self
+    }
+
+    /// How large a profile the web UI may upload to be read (its "Open pprof files"; `POST
+    /// .../ui/api/tree`): at most `compressed` bytes as sent, and `decompressed` once unpacked,
+    /// the baseline and the current profile together. Larger uploads get `413`. The upload is
+    /// read as it arrives and unpacked into a buffer that stops at the limit, and one upload is
+    /// read at a time (a second gets `429`), so the limits bound what an upload can take. What
+    /// it takes is mostly the call tree built from it, not the file: in
+    /// `benches/uploads.rs` a profile of 0.9 MiB unpacked peaked at 24 MiB of heap, one of
+    /// 1.9 MiB at 92 MiB (`docs/performance.md`, "Uploads"). Default: 1 MiB and 2 MiB, enough
+    /// for most heap profiles a Go or heapsight service writes; raise them where reading large
+    /// files matters more than the memory, or turn uploads off with `upload_limits(0, 0)`.
+    pub fn upload_limits(mut self, compressed: usize, decompressed: usize) -> Options {
+        self.upload_limits = upload::UploadLimits {
+            compressed,
+            decompressed,
+        };
         self
     }
 
@@ -212,6 +263,10 @@ impl Options {
             bearer_token: self.bearer_token,
             user_code: self.user_code,
             names_in_process: !self.remote_symbolization,
+            cmdline: self.cmdline,
+            symbol: self.symbol,
+            upload_limits: self.upload_limits,
+            uploads: Arc::new(Semaphore::new(1)),
         });
         Router::new()
             .route("/debug/pprof/", get(endpoints::index))
@@ -235,7 +290,7 @@ impl Options {
                 "/debug/pprof/ui/api/tree",
                 get(api::tree::tree)
                     .post(api::tree::tree_of_upload)
-                    .layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)),
+                    .layer(DefaultBodyLimit::disable()),
             )
             .route("/debug/pprof/ui/api/growing", get(api::growing::growing))
             .route("/debug/pprof/ui/api/memory", get(memory::memory))

@@ -26,9 +26,23 @@ pub(crate) struct Settings {
     pub(crate) user_code: heapsight_profile::UserCode,
     /// Whether `/heap` and `/allocs` name their frames (else `/symbol` does, for the reader).
     pub(crate) names_in_process: bool,
+    /// Whether `/cmdline` and `/symbol` answer (`Options::without_cmdline`, `without_symbol`).
+    pub(crate) cmdline: bool,
+    pub(crate) symbol: bool,
+    /// How large an upload to the UI's tree endpoint may be, and the one permit to read one.
+    pub(crate) upload_limits: crate::upload::UploadLimits,
+    pub(crate) uploads: Arc<Semaphore>,
 }
 
 impl Settings {
+    /// A 404 for an endpoint the server was told to turn off, saying which option did.
+    pub(crate) fn turned_off(endpoint: &str, option: &str) -> ProfileError {
+        ProfileError::new(
+            StatusCode::NOT_FOUND,
+            format!("{endpoint} is turned off on this server (Options::{option})"),
+        )
+    }
+
     /// The snapshot history, or a 404 saying it is off.
     pub(crate) fn history(&self) -> Result<&Arc<History>, ProfileError> {
         self.history.as_ref().ok_or_else(|| {

@@ -325,9 +325,39 @@ fn symbol_and_cmdline() {
         "href=\"heap\"",
         "href=\"allocs\"",
         "href=\"profile?seconds=10\"",
+        "href=\"cmdline\"",
+        "href=\"symbol\"",
     ] {
         assert!(index.text().contains(link), "{link}");
     }
+}
+
+#[test]
+fn cmdline_and_symbol_can_be_turned_off() {
+    let server = limited(
+        heapsight_server::Options::new()
+            .without_cmdline()
+            .without_symbol(),
+    );
+    let addr = server.local_addr();
+    for (path, option) in [
+        ("GET /debug/pprof/cmdline", "without_cmdline"),
+        ("GET /debug/pprof/symbol", "without_symbol"),
+        ("POST /debug/pprof/symbol", "without_symbol"),
+    ] {
+        let r = request_to(addr, &format!("{path} HTTP/1.1"), b"0x1000");
+        assert_eq!(r.status, 404, "{path}: {}", r.text());
+        assert!(r.text().contains(option), "{path}: {}", r.text());
+    }
+    let index = request_to(addr, "GET /debug/pprof/ HTTP/1.1", b"");
+    assert!(
+        !index.text().contains("href=\"cmdline\"") && !index.text().contains("href=\"symbol\""),
+        "the index does not offer what is off"
+    );
+    // The profiles are still named in-process.
+    let heap = request_to(addr, "GET /debug/pprof/heap HTTP/1.1", b"");
+    let p = heapsight_profile::Profile::from_pprof_bytes(&heap.body).unwrap();
+    assert!(p.functions.iter().any(|f| f.name.contains("::")));
 }
 
 /// What Parca and Grafana Alloy require of a scraped profile (both fetch /debug/pprof/allocs by

@@ -561,3 +561,83 @@ fn every_answer_says_nosniff() {
         );
     }
 }
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+#[test]
+fn uploads_are_bounded_as_sent_and_unpacked_and_read_one_at_a_time() {
+    let server = heapsight_server::Options::new()
+        .without_history()
+        .upload_limits(256 << 10, 1 << 20)
+        .spawn("127.0.0.1:0")
+        .unwrap();
+    let addr = server.local_addr();
+    let post = |body: &[u8]| request_to(addr, "POST /debug/pprof/ui/api/tree HTTP/1.1", body);
+
+    let heap = request_to(addr, "GET /debug/pprof/heap HTTP/1.1", b"").body;
+    assert!(heap.len() < 256 << 10);
+    assert_eq!(post(&heap).status, 200, "a profile within the limits opens");
+
+    // 64 MiB of zeros packed into some 64 KiB: stopped at the 1 MiB it may unpack to.
+    let bomb = gzip(&vec![0u8; 64 << 20]);
+    assert!(bomb.len() < 256 << 10, "{} bytes", bomb.len());
+    let r = post(&bomb);
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(
+        r.text().contains("1048576 bytes uncompressed"),
+        "{}",
+        r.text()
+    );
+    // The same bomb packed twice unpacks, once, into a small gzip file: its inside is held to
+    // the same limit.
+    let r = post(&gzip(&bomb));
+    assert!(r.status == 400 || r.status == 413, "{}", r.text());
+    assert!(r.text().contains("1048576 bytes"), "{}", r.text());
+
+    let r = post(&vec![7u8; 300 << 10]);
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(r.text().contains("262144 bytes as sent"), "{}", r.text());
+    for (junk, what) in [
+        (&heap[..heap.len() / 2], "truncated gzip"),
+        (&b"\x1f\x8b\x08\x00garbage"[..], "a broken gzip header"),
+        (
+            &b"\x0a\xff\xff\xff\x0f"[..],
+            "protobuf that runs past its end",
+        ),
+    ] {
+        let r = post(junk);
+        assert_eq!(r.status, 400, "{what}: {}", r.text());
+        assert!(r.text().contains("not readable"), "{what}: {}", r.text());
+    }
+
+    // A client that stops half-way keeps its turn until it leaves; meanwhile a second upload is
+    // told to come back, and after it leaves, uploads are read again.
+    let mut stalled = std::net::TcpStream::connect(addr).unwrap();
+    {
+        use std::io::Write;
+        write!(
+            stalled,
+            "POST /debug/pprof/ui/api/tree HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            heap.len()
+        )
+        .unwrap();
+        stalled.write_all(&heap[..heap.len() / 2]).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let r = post(&heap);
+    assert_eq!(r.status, 429, "{}", r.text());
+    drop(stalled);
+    let start = std::time::Instant::now();
+    while post(&heap).status != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the departed client kept its turn"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -6,6 +6,7 @@ use crate::error::ProfileError;
 use crate::respond::json;
 use crate::state::{blocking, snapshot_at, Settings};
 use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
 use axum::response::Response;
 use heapsight_profile::{CallTree, HeapView, Profile, UserCode};
 use serde::Serialize;
@@ -161,28 +162,32 @@ pub(crate) async fn tree(
 pub(crate) async fn tree_of_upload(
     State(s): State<Arc<Settings>>,
     RawQuery(q): RawQuery,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, ProfileError> {
     let q = ApiQuery::parse(q.as_deref())?;
-    let split = q.base_bytes.unwrap_or(0);
-    if split > body.len() {
-        return Err(ProfileError::bad_request(format!(
-            "base_bytes is {split} but the body has {} bytes",
-            body.len()
-        )));
-    }
+    // One upload is read at a time: the limits bound the memory of one.
+    let _turn = s.uploads.clone().try_acquire_owned().map_err(|_| {
+        ProfileError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "another profile upload is being read; try again when it is done",
+        )
+    })?;
+    let limits = s.upload_limits;
+    let (base_raw, current_raw) =
+        crate::upload::read(body, q.base_bytes.unwrap_or(0), limits).await?;
     let code = q.user_code(&s.user_code);
     blocking(&s, move || -> Result<Response, ProfileError> {
         let read = |bytes: &[u8], what: &str| {
-            Profile::from_pprof_bytes(bytes).map_err(|e| {
+            // Unpacked already; a gzip file inside the gzip file unpacks within the same cap.
+            Profile::from_pprof_bytes_within(bytes, limits.decompressed as u64).map_err(|e| {
                 ProfileError::bad_request(format!("the {what} profile is not readable: {e}"))
             })
         };
-        let current = read(&body[split..], "current")?;
-        let base = if split > 0 {
-            Some(read(&body[..split], "baseline")?)
-        } else {
-            None
+        let current = read(&current_raw, "current")?;
+        drop(current_raw);
+        let base = match base_raw {
+            Some(raw) => Some(read(&raw, "baseline")?),
+            None => None,
         };
         // A file's own sample types: the one asked for if it has it, else its default.
         let sample_type = match &q.raw_type {
