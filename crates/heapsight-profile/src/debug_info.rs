@@ -20,7 +20,10 @@ use std::sync::Arc;
 /// Unit contexts kept at once; beyond this they are all dropped and made again as needed.
 const UNITS_KEPT: usize = 16;
 /// Units one context may include: the unit that holds the code, and those its entries refer to.
-const MAX_UNITS_PER_CONTEXT: usize = 8;
+/// A function of generic code can refer to the abstract instances of a dozen small units (one
+/// per instantiating crate's codegen unit): 8 was seen to fall short by one, leaving a frame
+/// unnamed; 32 leaves room while still bounding one lookup.
+const MAX_UNITS_PER_CONTEXT: usize = 32;
 
 /// The frames at `probe` in `ctx`, innermost first; an error if the lookup met one.
 fn frames_in(ctx: &addr2line::Context<Reader>, probe: u64) -> Result<Vec<RawFrame>, gimli::Error> {
