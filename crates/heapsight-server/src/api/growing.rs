@@ -88,30 +88,38 @@ pub(crate) async fn growing(
         }
         points.push(fresh);
         let window: Vec<&Snapshot> = points.iter().map(|p| &**p).collect();
-        let grouped = q.group.as_deref().map(|key| growth::by_label(&window, key));
-        let window: Vec<&Snapshot> = match &grouped {
-            Some(g) => g.iter().collect(),
-            None => window,
-        };
         let now = window.last().copied();
-        let stacks = growth::growing_at_marks(&window, q.sample_type, q.limit)
+        // Grouped, each value of the key is one entry, named `key=value`, with no frames.
+        let ranked: Vec<(Option<String>, growth::Growth)> = match q.group.as_deref() {
+            Some(key) => growth::growing_by_label(&window, key, q.sample_type, q.limit)
+                .into_iter()
+                .map(|(value, g)| (Some(format!("{key}={value}")), g))
+                .collect(),
+            None => growth::growing_at_marks(&window, q.sample_type, q.limit)
+                .into_iter()
+                .map(|g| (None, g))
+                .collect(),
+        };
+        let stacks = ranked
             .into_iter()
-            .map(|g| {
-                let frames = now
-                    .map(|s| growth::stack_names(s, g.stack))
-                    .unwrap_or_default();
-                let labels: Vec<String> = now
-                    .map(|s| s.frames.labels(g.stack))
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect();
-                let leaf_first: Vec<&str> = frames.iter().rev().map(String::as_str).collect();
-                let site = match &grouped {
-                    Some(_) => labels.first().cloned().unwrap_or_default(),
+            .map(|(value, g)| {
+                let (site, frames, labels) = match value {
+                    Some(value) => (value.clone(), Vec::new(), vec![value]),
                     None => {
+                        let frames = now
+                            .map(|s| growth::stack_names(s, g.stack))
+                            .unwrap_or_default();
+                        let labels: Vec<String> = now
+                            .map(|s| s.frames.labels(g.stack))
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect();
+                        let leaf_first: Vec<&str> =
+                            frames.iter().rev().map(String::as_str).collect();
                         let at = code.site(&leaf_first).unwrap_or(0);
-                        leaf_first.get(at).unwrap_or(&"").to_string()
+                        let site = leaf_first.get(at).unwrap_or(&"").to_string();
+                        (site, frames, labels)
                     }
                 };
                 GrowingStack {
