@@ -432,6 +432,8 @@ fn crc32_of(path: &Path) -> Option<u32> {
         match file.read(&mut buf) {
             Ok(0) => return Some(crc.sum()),
             Ok(n) => crc.update(&buf[..n]),
+            // A CPU profile's SIGPROF may interrupt the read.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => return None,
         }
     }

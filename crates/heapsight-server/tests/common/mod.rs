@@ -47,6 +47,9 @@ pub fn request_to(addr: SocketAddr, request_line: &str, body: &[u8]) -> Reply {
         match s.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            // A CPU profile of this process sends it SIGPROF; the kernel restarts no read on a
+            // socket with a timeout (signal(7)), so an interrupted read is simply read again.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             // A reset after the reply arrived ends the exchange; before it, it is a failure.
             Err(e) if !raw.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => break,
             Err(e) => panic!("reading the reply to {request_line}: {e}"),
