@@ -41,6 +41,7 @@ mod cpu;
 mod dwarf;
 pub mod labels;
 mod live;
+mod lockfree;
 mod os;
 pub mod own;
 mod poisson;
@@ -50,6 +51,7 @@ mod snapshot;
 mod source;
 mod stack_store;
 mod stacks;
+mod sync;
 mod tables;
 mod unwind;
 

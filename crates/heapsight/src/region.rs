@@ -12,7 +12,7 @@
 //!
 //! The range is split into one span per power-of-two size class. A span hands out fixed-size
 //! slots: fresh ones from a bump counter, reused ones from lock-free LIFO free lists (Treiber
-//! stacks whose heads carry a generation tag against ABA). Each slot has a metadata record in a
+//! stacks whose heads carry a generation tag against ABA: [`free_list`]). Each slot has a metadata record in a
 //! parallel array, so a free finds what its allocation recorded by index arithmetic alone.
 //!
 //! Each class has [`SHARDS`] free lists, each head on its own cache line. A thread frees into and
@@ -22,6 +22,7 @@
 //!
 //! Must never: allocate through the global allocator, block, or hand out a slot twice.
 
+use crate::lockfree::free_list;
 use crate::os;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -309,57 +310,20 @@ pub(crate) fn free(ptr: *mut u8, shard: usize) {
 
 /// Pushes a slot this thread holds onto `shard`'s free list of its class.
 fn push_free(class: usize, index: u32, shard: usize) {
-    let head_of = &CLASSES[class].heads[shard % SHARDS].0;
-    let meta = meta_ptr(class, index);
-    let mut head = head_of.load(Ordering::Relaxed);
-    loop {
-        meta.stack_or_next.store(head as u32, Ordering::Relaxed);
-        let next = ((head >> 32).wrapping_add(1) << 32) | (index as u64 + 1);
-        // Release: the link written above is visible to the thread that pops this slot.
-        match head_of.compare_exchange_weak(head, next, Ordering::Release, Ordering::Relaxed) {
-            Ok(_) => return,
-            Err(now) => head = now,
-        }
-    }
+    let head = &CLASSES[class].heads[shard % SHARDS].0;
+    free_list::push(head, &meta_ptr(class, index).stack_or_next, index);
 }
 
 /// Empties `shard`'s free list of `class` and returns its top (slot index + 1, 0 for none): the
 /// caller then holds every slot of the chain, linked through `stack_or_next`.
 fn take_all(class: usize, shard: usize) -> u32 {
-    let head_of = &CLASSES[class].heads[shard].0;
-    let mut head = head_of.load(Ordering::Acquire);
-    loop {
-        if head as u32 == 0 {
-            return 0;
-        }
-        // A new tag, so that a pop that read the old top cannot install its stale link.
-        let empty = (head >> 32).wrapping_add(1) << 32;
-        match head_of.compare_exchange_weak(head, empty, Ordering::Acquire, Ordering::Acquire) {
-            Ok(_) => return head as u32,
-            Err(now) => head = now,
-        }
-    }
+    free_list::take_all(&CLASSES[class].heads[shard].0)
 }
 
 fn pop_free(class: usize, shard: usize) -> Option<u32> {
-    let head_of = &CLASSES[class].heads[shard].0;
-    let mut head = head_of.load(Ordering::Acquire);
-    loop {
-        let top = head as u32;
-        if top == 0 {
-            return None;
-        }
-        // The link may be stale if another thread pops and re-pushes `top` meanwhile; the tag in
-        // the head then differs and the exchange below fails, so a stale link is never installed.
-        let next = meta_ptr(class, top - 1)
-            .stack_or_next
-            .load(Ordering::Relaxed);
-        let new = ((head >> 32).wrapping_add(1) << 32) | next as u64;
-        match head_of.compare_exchange_weak(head, new, Ordering::Acquire, Ordering::Acquire) {
-            Ok(_) => return Some(top - 1),
-            Err(now) => head = now,
-        }
-    }
+    free_list::pop(&CLASSES[class].heads[shard].0, |i| {
+        &meta_ptr(class, i).stack_or_next
+    })
 }
 
 /// Calls `f(stack, size, weight_fx, stamp)` for every slot in use. The scan reads the metadata of

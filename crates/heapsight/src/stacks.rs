@@ -1,9 +1,7 @@
 //! The stack table: every distinct sampled call stack once, with its running totals.
 //!
-//! Stacks are stored densely (entries and their frames appended to two arrays) and found through
-//! an open-addressing index of `(hash tag, entry id)` words. An insert appends the entry first and
-//! then publishes it into the index with one compare-and-swap; a thread that loses the race to
-//! a slot compares with the winner and either uses it or probes on. Nobody ever waits for anybody.
+//! Stacks are stored densely and found through a tiered open-addressing index
+//! ([`crate::lockfree::stack_index`], over arrays mapped here). Nobody ever waits for anybody.
 //!
 //! Entries and frames are immutable once published and live as long as the process, so a
 //! [`crate::Snapshot`] can name stacks by id and read their frames later without copying them.
@@ -11,6 +9,8 @@
 //!
 //! Must never: allocate through the global allocator, block, or grow past its fixed capacity.
 
+pub(crate) use crate::lockfree::stack_index::InternError;
+use crate::lockfree::stack_index::{self, Entry, StackIndex};
 use crate::os;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
@@ -19,8 +19,6 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 /// index over the whole capacity touches a page per stack until all of its pages are resident
 /// (4 MiB for the sampler's, reached at a few thousand stacks).
 const INDEX_TIER0: usize = 512;
-/// Slots of a tier a stack may take before its probe sequence moves to the next tier.
-const INDEX_PROBES: usize = 8;
 
 /// Distinct stacks kept; further new stacks are counted as dropped samples.
 pub(crate) const MAX_STACKS: usize = 1 << 18;
@@ -46,14 +44,6 @@ pub(crate) struct Totals {
     pub(crate) free_sample_bytes: AtomicU64,
 }
 
-/// Where a stack's frames are. Written once, before the stack is published; read by every
-/// sample that looks the stack up.
-#[repr(C)]
-struct Entry {
-    first_frame: AtomicU32,
-    depth: AtomicU32,
-}
-
 /// Interned stacks: an index, entries and frames, each in a mapping of its own, of fixed
 /// capacity. The sampler's table lives as long as the process; a CPU profile maps one for its
 /// own duration. What each stack counts lives beside it, in arrays indexed by its id.
@@ -67,14 +57,6 @@ pub(crate) struct StackTable {
     frames: AtomicUsize,
     next_entry: AtomicU32,
     next_frame: AtomicU32,
-}
-
-/// A mapped table's arrays.
-struct View<'a> {
-    table: &'a StackTable,
-    index: *const AtomicU64,
-    entries: *const Entry,
-    frames: *const AtomicUsize,
 }
 
 impl StackTable {
@@ -109,7 +91,7 @@ impl StackTable {
     }
 
     fn index_len(&self) -> usize {
-        INDEX_TIER0 * ((1 << self.tiers()) - 1)
+        stack_index::index_len(INDEX_TIER0, self.tiers())
     }
 
     fn sizes(&self) -> [usize; 3] {
@@ -156,66 +138,32 @@ impl StackTable {
         }
     }
 
-    fn view(&self) -> Option<View<'_>> {
+    fn view(&self) -> Option<StackIndex<'_, INDEX_TIER0>> {
         let index = self.index.load(Ordering::Acquire);
         if index == 0 {
             return None;
         }
-        Some(View {
-            table: self,
-            index: index as *const AtomicU64,
-            entries: self.entries.load(Ordering::Relaxed) as *const Entry,
-            frames: self.frames.load(Ordering::Relaxed) as *const AtomicUsize,
+        let entries = self.entries.load(Ordering::Relaxed) as *const Entry;
+        let frames = self.frames.load(Ordering::Relaxed) as *const AtomicUsize;
+        // SAFETY: `map` made each array this long, zeroed (valid atomics and entries), and
+        // published it before the index (Acquire above); it stays mapped while the table is in
+        // use (`unmap`'s contract), and it is only accessed through atomics.
+        Some(unsafe {
+            StackIndex {
+                tiers: self.tiers(),
+                index: std::slice::from_raw_parts(index as *const AtomicU64, self.index_len()),
+                entries: std::slice::from_raw_parts(entries, self.max_stacks),
+                frames: std::slice::from_raw_parts(frames, self.max_frames),
+                next_entry: &self.next_entry,
+                next_frame: &self.next_frame,
+            }
         })
     }
 
     /// The id of `frames` (leaf first), adding it if it is new. Lock-free, allocation-free and
     /// safe to call from a signal handler, even one that interrupted another `intern`.
     pub(crate) fn intern(&self, frames: &[usize]) -> Result<u32, InternError> {
-        let t = self.view().ok_or(InternError::NoTable)?;
-        let h = hash(frames);
-        let tag = (h >> 32) as u32 | 1; // never zero, so a used slot is never 0
-        let mut new_id: Option<u32> = None;
-        let tiers = self.tiers();
-        // One probe sequence through the tiers: a window of INDEX_PROBES slots in each but the
-        // last, then the whole last tier. A stack is published in the first empty slot of its
-        // sequence, so every lookup of it meets it before any empty slot.
-        let (mut start, mut size, mut base) = (0, INDEX_TIER0, h as usize);
-        for tier in 1..=tiers {
-            let probes = if tier == tiers { size } else { INDEX_PROBES };
-            for j in 0..probes {
-                let slot = t.slot(start + (base.wrapping_add(j) & (size - 1)));
-                let mut word = slot.load(Ordering::Acquire);
-                if word == 0 {
-                    let id = match new_id {
-                        Some(id) => id,
-                        None => {
-                            let id = t.append(frames)?;
-                            new_id = Some(id);
-                            id
-                        }
-                    };
-                    let mine = (tag as u64) << 32 | (id as u64 + 1);
-                    // Release: the entry written by `append` is visible to whoever reads this
-                    // word.
-                    match slot.compare_exchange(0, mine, Ordering::Release, Ordering::Acquire) {
-                        Ok(_) => return Ok(id),
-                        Err(now) => word = now,
-                    }
-                }
-                if (word >> 32) as u32 == tag {
-                    let id = (word as u32) - 1;
-                    if t.same_stack(id, frames) {
-                        // An entry appended for a lost race stays unused, with all-zero counts.
-                        return Ok(id);
-                    }
-                }
-            }
-            start += size;
-            size <<= 1;
-            base = base.rotate_left(7);
-        }
-        Err(InternError::Full)
+        self.view().ok_or(InternError::NoTable)?.intern(frames)
     }
 
     /// How many entries exist (some may be unused leftovers of lost races).
@@ -232,12 +180,7 @@ impl StackTable {
         f: impl FnOnce(&mut dyn Iterator<Item = usize>) -> R,
     ) -> R {
         match self.view() {
-            Some(t) if id < self.len() => {
-                let e = t.entry(id);
-                let first = e.first_frame.load(Ordering::Relaxed);
-                let depth = e.depth.load(Ordering::Relaxed);
-                f(&mut (first..first + depth).map(|i| t.frame(i).load(Ordering::Relaxed)))
-            }
+            Some(t) if id < t.len() => f(&mut t.frames_of(id)),
             _ => f(&mut std::iter::empty()),
         }
     }
@@ -245,20 +188,15 @@ impl StackTable {
     /// The outermost frame of stack `id`, if it has any.
     pub(crate) fn last_frame(&self, id: u32) -> Option<usize> {
         let t = self.view()?;
-        if id >= self.len() {
+        if id >= t.len() {
             return None;
         }
-        let e = t.entry(id);
-        let depth = e.depth.load(Ordering::Relaxed);
-        (depth > 0).then(|| {
-            t.frame(e.first_frame.load(Ordering::Relaxed) + depth - 1)
-                .load(Ordering::Relaxed)
-        })
+        t.frames_of(id).last()
     }
 
     /// Frames stored so far.
     pub(crate) fn frames_used(&self) -> usize {
-        self.next_frame.load(Ordering::Relaxed) as usize
+        self.view().map_or(0, |t| t.frames_used())
     }
 
     /// Resident bytes: the entries and frames in use (they are filled densely), and the
@@ -290,82 +228,6 @@ fn map_all<const N: usize>(sizes: &[usize; N]) -> Option<[usize; N]> {
         }
     }
     Some(maps)
-}
-
-impl View<'_> {
-    fn slot(&self, i: usize) -> &AtomicU64 {
-        debug_assert!(i < self.table.index_len());
-        // SAFETY: callers mask `i` below the index length; the mapping is that long, zeroed
-        // (valid atomics) and stays mapped while the table is in use.
-        unsafe { &*self.index.add(i) }
-    }
-
-    fn entry(&self, id: u32) -> &Entry {
-        debug_assert!((id as usize) < self.table.max_stacks);
-        // SAFETY: ids are only created below the table's stack capacity; as above.
-        unsafe { &*self.entries.add(id as usize) }
-    }
-
-    fn frame(&self, i: u32) -> &AtomicUsize {
-        debug_assert!((i as usize) < self.table.max_frames);
-        // SAFETY: frame indices are only handed out below the table's frame capacity.
-        unsafe { &*self.frames.add(i as usize) }
-    }
-
-    fn same_stack(&self, id: u32, frames: &[usize]) -> bool {
-        let e = self.entry(id);
-        let depth = e.depth.load(Ordering::Relaxed) as usize;
-        let first = e.first_frame.load(Ordering::Relaxed);
-        depth == frames.len()
-            && frames
-                .iter()
-                .enumerate()
-                .all(|(i, &f)| self.frame(first + i as u32).load(Ordering::Relaxed) == f)
-    }
-
-    fn append(&self, frames: &[usize]) -> Result<u32, InternError> {
-        let t = self.table;
-        let id = t
-            .next_entry
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                ((n as usize) < t.max_stacks).then_some(n + 1)
-            })
-            .map_err(|_| InternError::Full)?;
-        let depth = frames.len() as u32;
-        let first = t
-            .next_frame
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                ((n as usize + depth as usize) <= t.max_frames).then_some(n + depth)
-            })
-            .map_err(|_| InternError::Full)?;
-        for (i, &f) in frames.iter().enumerate() {
-            self.frame(first + i as u32).store(f, Ordering::Relaxed);
-        }
-        let e = self.entry(id);
-        e.first_frame.store(first, Ordering::Relaxed);
-        e.depth.store(depth, Ordering::Relaxed);
-        Ok(id)
-    }
-}
-
-fn hash(frames: &[usize]) -> u64 {
-    // FNV-style mixing with a multiply per frame: fast, and return addresses differ in low bits.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ frames.len() as u64;
-    for &f in frames {
-        h = (h ^ f as u64)
-            .wrapping_mul(0x0000_0100_0000_01B3)
-            .rotate_left(29);
-    }
-    h.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-}
-
-/// Why a stack could not be interned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum InternError {
-    /// The tables were never mapped.
-    NoTable,
-    /// The table's distinct stacks or frames are all used.
-    Full,
 }
 
 /// The sampler's table, with each stack's [`Totals`] beside it.
