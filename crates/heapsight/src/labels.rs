@@ -37,10 +37,12 @@
 //! `label_sets_overflowed`.
 
 use crate::sampler;
+use std::cell::UnsafeCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
 use std::task::{Context, Poll};
 
 /// How many distinct label sets the table holds, the `other` sets among them.
@@ -70,13 +72,91 @@ struct Table {
     overflowed: u64,
 }
 
-static TABLE: OnceLock<Mutex<Table>> = OnceLock::new();
+/// The table behind a lock of its own that a fork never copies held: `pthread_atfork` takes it
+/// before each fork and gives it back on both sides, so a child (a pre-fork server's worker, a
+/// child that writes a heap profile) finds the table whole and free whatever its parent's other
+/// threads were doing. With a `std::sync::Mutex`, which cannot be taken over a fork, a child
+/// forked while another thread interned a set waited forever to name a profile's labels (the
+/// soak, `crates/heapsight-server/tests/soak.rs`, found it after 996 forks).
+struct Shared {
+    held: AtomicBool,
+    table: UnsafeCell<Option<Table>>,
+}
 
-fn table() -> MutexGuard<'static, Table> {
-    // A panic while holding the lock leaves the table whole (every change is one push and one
-    // insert), so a poisoned lock is still safe to use.
-    let t = TABLE.get_or_init(Mutex::default);
-    t.lock().unwrap_or_else(|e| e.into_inner())
+// SAFETY: the table is reached only through a `TableGuard`, which exists only while its thread
+// holds `held`.
+unsafe impl Sync for Shared {}
+
+static TABLE: Shared = Shared {
+    held: AtomicBool::new(false),
+    table: UnsafeCell::new(None),
+};
+
+fn lock() {
+    // Held only for a lookup or an insert; a waiter yields rather than sleeps.
+    while TABLE
+        .held
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        std::thread::yield_now();
+    }
+}
+
+fn unlock() {
+    TABLE.held.store(false, Ordering::Release);
+}
+
+extern "C" fn lock_before_fork() {
+    lock();
+}
+
+extern "C" fn unlock_after_fork() {
+    unlock();
+}
+
+/// The table, held until the guard is dropped (a panic while holding it leaves it whole: every
+/// change is one push and one insert).
+struct TableGuard;
+
+impl std::ops::Deref for TableGuard {
+    type Target = Table;
+    fn deref(&self) -> &Table {
+        // SAFETY: this guard's thread holds the lock, and `table()` filled the table in.
+        unsafe { (*TABLE.table.get()).as_ref().expect("filled in by table()") }
+    }
+}
+
+impl std::ops::DerefMut for TableGuard {
+    fn deref_mut(&mut self) -> &mut Table {
+        // SAFETY: as for `deref`; the lock makes this the only reference.
+        unsafe { (*TABLE.table.get()).as_mut().expect("filled in by table()") }
+    }
+}
+
+impl Drop for TableGuard {
+    fn drop(&mut self) {
+        unlock();
+    }
+}
+
+fn table() -> TableGuard {
+    static AT_FORK: Once = Once::new();
+    AT_FORK.call_once(|| {
+        // SAFETY: both handlers are plain functions that only take or give back the lock; a
+        // failure to register (ENOMEM) leaves the table as fork-unsafe as a mutex, no worse.
+        unsafe {
+            libc::pthread_atfork(
+                Some(lock_before_fork),
+                Some(unlock_after_fork),
+                Some(unlock_after_fork),
+            )
+        };
+    });
+    lock();
+    // SAFETY: the lock is held; no other reference to the table exists.
+    unsafe { (*TABLE.table.get()).get_or_insert_with(Table::default) };
+    TableGuard
 }
 
 impl Table {
