@@ -24,6 +24,7 @@
 
 mod api;
 mod auth;
+mod connections;
 mod cpu;
 mod endpoints;
 mod error;
@@ -341,11 +342,7 @@ impl Options {
             let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
                 return;
             };
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
+            connections::serve(listener, app, stopped).await;
         });
         let thread = std::thread::Builder::new()
             .name("heapsight-server".into())

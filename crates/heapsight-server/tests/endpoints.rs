@@ -463,6 +463,39 @@ fn waiting_deltas_are_bounded_and_a_client_that_leaves_frees_its_place() {
 }
 
 #[test]
+fn clients_that_never_finish_their_headers_are_cut_off_and_others_are_served() {
+    let server = limited(heapsight_server::Options::new());
+    let addr = server.local_addr();
+    // More half-sent requests than the server serves connections at once (64).
+    let started = std::time::Instant::now();
+    let mut stalled: Vec<TcpStream> = (0..70)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            write!(s, "GET /debug/pprof/heap HTTP/1.1\r\nHost: x\r\n").unwrap();
+            s
+        })
+        .collect();
+    // A whole request still gets its answer, once the stalled ones have been cut off.
+    let r = request_to(addr, "GET /debug/pprof/heap HTTP/1.1", b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let served = started.elapsed();
+    assert!(served < Duration::from_secs(30), "served after {served:?}");
+    // Each stalled connection is closed by the server within its 10 s of grace, not held.
+    for s in &mut stalled {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut rest = Vec::new();
+        let read = std::io::Read::read_to_end(s, &mut rest);
+        let closed = match &read {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        };
+        assert!(closed, "a stalled connection was held: {read:?}");
+        let waited = started.elapsed();
+        assert!(waited < Duration::from_secs(35), "held for {waited:?}");
+    }
+}
+
+#[test]
 fn a_bearer_token_is_required_once_set() {
     let server = limited(heapsight_server::Options::new().bearer_token("s3cret"));
     let addr = server.local_addr();
