@@ -105,10 +105,18 @@ pub struct CpuProfiler {
 /// what Go uses; at most 1000).
 ///
 /// ```
+/// // The process's CPU time, which the profile's clock counts (not the wall clock's, which a
+/// // busy machine stretches).
+/// fn cpu_time() -> std::time::Duration {
+///     let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+///     // SAFETY: a valid clock id and a timespec to fill in.
+///     unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+///     std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+/// }
 /// let profiler = heapsight::start_cpu_profile(250).expect("no other CPU profile runs");
-/// let t = std::time::Instant::now();
+/// let start = cpu_time();
 /// let mut x = 0u64;
-/// while t.elapsed() < std::time::Duration::from_millis(300) {
+/// while cpu_time() - start < std::time::Duration::from_millis(300) {
 ///     x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
 /// }
 /// let profile = profiler.stop();
